@@ -1,0 +1,17 @@
+"""Exception types of ptycho: one per kind of failure a user must act on."""
+
+
+class PtychoError(Exception):
+    """Base class of every error ptycho raises on purpose."""
+
+
+class ConfigError(PtychoError):
+    """A `params.yaml` section (or a configuration argument) is invalid."""
+
+
+class DataError(PtychoError):
+    """A data file is missing, malformed or inconsistent. The message names file, key and problem."""
+
+
+class BundleError(PtychoError):
+    """A model bundle `wts.h5.zip` is missing, corrupt, foreign or inconsistent with the model."""
