@@ -1,0 +1,211 @@
+"""Typed configuration: one frozen dataclass per `params.yaml` section.
+
+Each section is read with ``section_from_mapping``: unknown keys are rejected with the allowed
+ones listed, values are type-checked against the field annotations, and each class checks its
+own value ranges. Configuration objects hold scalars and paths only; arrays travel in
+``ptycho.data.PtychoDataset``. Nothing here is global: callers pass the objects they need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from ptycho.errors import ConfigError
+
+
+class Source(str, enum.Enum):
+    SIMULATE = "simulate"
+    NPZ = "npz"
+
+
+class ObjectKind(str, enum.Enum):
+    GRF = "grf"
+    LINES = "lines"
+
+
+class ProbeKind(str, enum.Enum):
+    APERTURE = "aperture"
+    GAUSSIAN = "gaussian"
+
+
+class ScanKind(str, enum.Enum):
+    GRID = "grid"
+    RANDOM = "random"
+    SPIRAL = "spiral"
+
+
+class LossKind(str, enum.Enum):
+    POISSON = "poisson"
+    MAE = "mae"
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """`prepare:` section: where the train/test data come from."""
+
+    source: Source = Source.SIMULATE
+    train_file: str = ""  # source npz: canonical NPZ with the training scan
+    test_file: str = ""  # source npz, optional: separate test scan; empty = split train_file
+    test_fraction: float = 0.25  # single file: share of positions (largest x) held out for test
+    N: int = 64  # pattern size in pixels (even)
+    object_kind: ObjectKind = ObjectKind.GRF
+    train_object_px: int = 256  # side of the square training object, pixels
+    test_object_px: int = 160  # side of the (different) test object, pixels
+    amplitude_min: float = 0.4  # object transmission amplitude range
+    amplitude_max: float = 1.0
+    phase_max_rad: float = 1.5  # object phase spans [-phase_max_rad, +phase_max_rad] at most
+    feature_px: float = 6.0  # correlation length (grf) or line width scale (lines), pixels
+    probe_kind: ProbeKind = ProbeKind.APERTURE
+    probe_diameter_px: float = 24.0  # central lobe: first-zero diameter (aperture) or FWHM (gaussian)
+    scan_kind: ScanKind = ScanKind.GRID
+    step_px: float = 8.0  # scan step, pixels (sets the overlap)
+    jitter_px: float = 0.5  # grid scan: uniform random displacement of each point, pixels
+    nphotons: float = 1.0e6  # mean total photon count per pattern
+    noise: bool = True  # Poisson noise on the counts
+    seed: int = 7
+
+    def check(self) -> None:
+        _require(self.N >= 16 and self.N % 2 == 0, "prepare.N", f"must be an even number >= 16, got {self.N}")
+        _require(0.0 < self.test_fraction < 1.0, "prepare.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        if self.source is Source.NPZ:
+            _require(bool(self.train_file), "prepare.train_file", "is required when source is 'npz'")
+        for key, size in (("train_object_px", self.train_object_px), ("test_object_px", self.test_object_px)):
+            _require(size >= self.N + 2, f"prepare.{key}", f"must exceed N + 2 = {self.N + 2}, got {size}")
+        _require(
+            0.0 < self.amplitude_min <= self.amplitude_max <= 1.0,
+            "prepare.amplitude_min/amplitude_max",
+            f"need 0 < amplitude_min <= amplitude_max <= 1, got {self.amplitude_min}, {self.amplitude_max}",
+        )
+        _require(0.0 <= self.phase_max_rad <= 3.14159, "prepare.phase_max_rad", f"must be in [0, pi], got {self.phase_max_rad}")
+        _require(self.feature_px > 0, "prepare.feature_px", f"must be > 0, got {self.feature_px}")
+        _require(0 < self.probe_diameter_px < self.N, "prepare.probe_diameter_px", f"must be in (0, N={self.N}), got {self.probe_diameter_px}")
+        _require(self.step_px > 0, "prepare.step_px", f"must be > 0, got {self.step_px}")
+        _require(self.jitter_px >= 0, "prepare.jitter_px", f"must be >= 0, got {self.jitter_px}")
+        _require(self.nphotons > 0, "prepare.nphotons", f"must be > 0, got {self.nphotons}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """`model:` section: the network and how scan positions are grouped."""
+
+    gridsize: int = 1  # C = gridsize**2 patterns per group (1 or 2)
+    n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
+    n_filters_scale: float = 1.0  # multiplies the encoder/decoder widths (32, 64, 128, ...)
+
+    def check(self) -> None:
+        _require(self.gridsize in (1, 2), "model.gridsize", f"allowed values are 1, 2; got {self.gridsize}")
+        channels = self.gridsize**2
+        _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
+        _require(self.n_filters_scale > 0, "model.n_filters_scale", f"must be > 0, got {self.n_filters_scale}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`train:` section: optimisation and the Lightning trainer."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1.0e-3
+    loss: LossKind = LossKind.POISSON
+    val_fraction: float = 0.1  # share of training groups held out for validation
+    lr_patience: int = 3  # epochs without val improvement before the learning rate drops
+    lr_factor: float = 0.5
+    early_stopping_patience: int = 8
+    seed: int = 1
+    accelerator: str = "cpu"  # Lightning accelerator: cpu, gpu, auto, ...
+    devices: str = "1"  # Lightning devices: a count, a list such as "0,1", or "auto"
+    strategy: str = "auto"  # Lightning strategy, e.g. ddp for several GPUs
+    precision: str = "32-true"  # Lightning precision, e.g. bf16-mixed on GPUs
+    num_threads: int = 2  # torch CPU threads (fixed so that CPU runs are reproducible)
+
+    def check(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(0.0 < self.val_fraction < 0.5, "train.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        _require(self.lr_patience >= 0, "train.lr_patience", f"must be >= 0, got {self.lr_patience}")
+        _require(0.0 < self.lr_factor < 1.0, "train.lr_factor", f"must be in (0, 1), got {self.lr_factor}")
+        _require(self.early_stopping_patience >= 1, "train.early_stopping_patience", f"must be >= 1, got {self.early_stopping_patience}")
+        _require(self.num_threads >= 1, "train.num_threads", f"must be >= 1, got {self.num_threads}")
+
+
+Section = TypeVar("Section")
+
+
+def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
+    """Check one value against its field annotation; ints are accepted for floats."""
+    where = f"{section}.{key}"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        allowed = [member.value for member in annotation]
+        if value not in allowed:
+            raise ConfigError(f"{where}: allowed values are {allowed}; got {value!r}")
+        return annotation(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported field type {annotation!r} for {where}")
+
+
+def section_from_mapping(cls: type[Section], section: str, mapping: Mapping[str, Any] | None) -> Section:
+    """Build and check the configuration object of one section from its mapping."""
+    mapping = {} if mapping is None else mapping
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of keys to values, got {type(mapping).__name__}")
+    hints = typing.get_type_hints(cls)
+    allowed = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {allowed}")
+    values = {key: _coerce(section, key, hints[key], value) for key, value in mapping.items()}
+    config = cls(**values)
+    config.check()
+    return config
+
+
+SECTIONS: dict[str, type] = {"prepare": PrepareConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Read params.yaml into a plain mapping, with a clear error for a missing or broken file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def load_section(path: str | Path, section: str) -> Any:
+    """The checked configuration object of one section of a params file."""
+    if section not in SECTIONS:
+        raise ConfigError(f"{section}: unknown section; known sections are {sorted(SECTIONS)}")
+    return section_from_mapping(SECTIONS[section], section, read_params(path).get(section))

@@ -1,0 +1,167 @@
+"""Physics core: plain, batched, differentiable torch functions (DESIGN.md §2).
+
+Conventions used by every function here:
+
+- Images are indexed ``[row, col]``; a shift or position is given as ``(x, y)`` = (col, row)
+  in pixels, as in the NPZ keys ``xcoords`` / ``ycoords``.
+- ``translate(img, d)`` moves content by **+d**: the value at pixel (r, c) lands at
+  (r + dy, c + dx). Sub-pixel shifts use bilinear interpolation; samples from outside the
+  image are zero.
+- An N x N window "centred at (x, y)" covers columns x - N/2 ... x + N/2 - 1 (rows likewise),
+  so its pixel [N/2, N/2] sits on (x, y). This is the same centre that ``fftshift`` uses.
+- Far field: F = fftshift(fft2(P * O_patch, norm="ortho")); amplitude A = |F|, so that
+  sum(A**2) == sum(|P * O_patch|**2) (Parseval).
+
+Shapes use the letters of DESIGN.md: B batch (groups), C patterns per group, N pattern
+size, P number of positions, H x W object.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _sample_bilinear(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of images (B, H, W) at pixel coordinates rows, cols (B, h, w); zero outside.
+
+    Complex images are sampled as two real channels. ``grid_sample`` with
+    ``align_corners=True`` maps normalised -1/+1 to the centres of the first/last pixel.
+    """
+    _, height, width = images.shape
+    grid = torch.stack(
+        (cols * (2.0 / max(width - 1, 1)) - 1.0, rows * (2.0 / max(height - 1, 1)) - 1.0), dim=-1
+    ).to(images.real.dtype)
+    if images.is_complex():
+        channels = torch.stack((images.real, images.imag), dim=1)
+    else:
+        channels = images.unsqueeze(1)
+    sampled = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if images.is_complex():
+        return torch.complex(sampled[:, 0], sampled[:, 1])
+    return sampled[:, 0]
+
+
+def translate(images: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
+    """Move the content of images by +shift (bilinear, zero fill).
+
+    images: (..., H, W) real or complex. shift_xy: (..., 2) as (dx, dy) in pixels, with the
+    same leading dimensions as images. Returns (..., H, W): out[r, c] = images[r - dy, c - dx].
+    """
+    lead = images.shape[:-2]
+    height, width = images.shape[-2:]
+    flat = images.reshape(-1, height, width)
+    shift = shift_xy.reshape(-1, 2).to(images.real.dtype)
+    rows = torch.arange(height, dtype=shift.dtype, device=images.device)
+    cols = torch.arange(width, dtype=shift.dtype, device=images.device)
+    grid_rows = rows.view(1, height, 1) - shift[:, 1].view(-1, 1, 1)
+    grid_cols = cols.view(1, 1, width) - shift[:, 0].view(-1, 1, 1)
+    grid_rows, grid_cols = torch.broadcast_tensors(grid_rows, grid_cols)
+    return _sample_bilinear(flat, grid_rows, grid_cols).reshape(*lead, height, width)
+
+
+def extract_patches(
+    obj: torch.Tensor, xcoords: torch.Tensor, ycoords: torch.Tensor, size: int
+) -> torch.Tensor:
+    """N x N windows of the object centred at each position (bilinear for sub-pixel positions).
+
+    obj: (H, W) complex. xcoords, ycoords: (P,) column and row of each window centre.
+    Returns (P, N, N): patch[p, r, c] = obj[y_p - N/2 + r, x_p - N/2 + c]; zero outside the object.
+    """
+    offsets = torch.arange(size, dtype=xcoords.dtype, device=obj.device) - size // 2
+    rows = ycoords.view(-1, 1, 1) + offsets.view(1, size, 1)
+    cols = xcoords.view(-1, 1, 1) + offsets.view(1, 1, size)
+    rows, cols = torch.broadcast_tensors(rows, cols)
+    batch = obj.unsqueeze(0).expand(rows.shape[0], -1, -1)
+    return _sample_bilinear(batch, rows, cols)
+
+
+def canvas_pad(offsets_xy: torch.Tensor) -> int:
+    """Pixels of padding a group canvas needs around an N x N patch to hold every offset."""
+    if offsets_xy.numel() == 0:
+        return 0
+    return int(math.ceil(float(offsets_xy.detach().abs().max())))
+
+
+def merge_group(
+    patches: torch.Tensor, offsets_xy: torch.Tensor, support: torch.Tensor, pad: int
+) -> torch.Tensor:
+    """Place the C patches of each group on one shared canvas and average where they overlap.
+
+    patches: (B, C, N, N) complex; offsets_xy: (B, C, 2) (dx, dy) of each patch centre from the
+    group centre; support: (N, N) real weights (1 where a patch is trusted, 0 elsewhere);
+    pad: canvas margin in pixels (see ``canvas_pad``). Returns (B, N + 2 pad, N + 2 pad).
+
+    Numerator and denominator are masked by the same translated support; pixels that no patch
+    covers are zero (never divided by a tiny number). Groups are merged strictly one by one:
+    nothing crosses the batch dimension.
+    """
+    support = support.to(patches.real.dtype)
+    padded = F.pad(patches * support, (pad, pad, pad, pad))
+    weights = F.pad(support.expand(patches.shape), (pad, pad, pad, pad))
+    numerator = translate(padded, offsets_xy).sum(dim=1)
+    denominator = translate(weights, offsets_xy).sum(dim=1)
+    covered = denominator > 1e-3
+    safe = torch.where(covered, denominator, torch.ones_like(denominator))
+    return torch.where(covered, numerator / safe, torch.zeros_like(numerator))
+
+
+def extract_group(canvas: torch.Tensor, offsets_xy: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut the C patches of each group back out of its canvas: the inverse placement of merge_group.
+
+    canvas: (B, Hc, Wc) complex, centred on the group centre; offsets_xy: (B, C, 2).
+    Returns (B, C, N, N).
+    """
+    channels = offsets_xy.shape[1]
+    stacked = canvas.unsqueeze(1).expand(-1, channels, -1, -1)
+    centred = translate(stacked, -offsets_xy)
+    top = (canvas.shape[-2] - size) // 2
+    left = (canvas.shape[-1] - size) // 2
+    return centred[..., top : top + size, left : left + size]
+
+
+def enforce_group_overlap(
+    patches: torch.Tensor, offsets_xy: torch.Tensor, support: torch.Tensor
+) -> torch.Tensor:
+    """Overlap constraint for gridsize > 1: merge each group on its canvas, then re-extract.
+
+    (B, C, N, N) -> (B, C, N, N). For C == 1 and a zero offset this is ``patches * support``.
+    """
+    pad = canvas_pad(offsets_xy)
+    canvas = merge_group(patches, offsets_xy, support, pad)
+    return extract_group(canvas, offsets_xy, patches.shape[-1])
+
+
+def far_field(exit_waves: torch.Tensor) -> torch.Tensor:
+    """Centred unitary far field: fftshift(fft2(psi, norm="ortho")) over the last two axes."""
+    return torch.fft.fftshift(torch.fft.fft2(exit_waves, norm="ortho"), dim=(-2, -1))
+
+
+def forward_amplitude(object_patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """Diffraction amplitude |F(P * O_patch)| for object patches (..., N, N) and probe (N, N)."""
+    return far_field(object_patches * probe).abs()
+
+
+def poisson_nll(
+    predicted_amplitude: torch.Tensor,
+    measured_amplitude: torch.Tensor,
+    intensity_scale: float = 1.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Mean Poisson negative log-likelihood of measured counts given predicted amplitudes.
+
+    lambda = (s * A_pred)**2 and k = (s * A_meas)**2 are expected and observed counts, with s
+    (``intensity_scale``) the factor that maps the amplitudes given here back to sqrt(counts);
+    per pixel lambda - k * log(lambda + eps), the terms that do not depend on the prediction
+    dropped. Returns a scalar (mean over all pixels).
+    """
+    expected = (intensity_scale * predicted_amplitude) ** 2
+    observed = (intensity_scale * measured_amplitude) ** 2
+    return (expected - observed * torch.log(expected + eps)).mean()
+
+
+def amplitude_mae(predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between amplitudes (the alternative training loss)."""
+    return (predicted_amplitude - measured_amplitude).abs().mean()
