@@ -145,7 +145,7 @@ Section = TypeVar("Section")
 
 
 def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
-    """Check one value against its field annotation; ints are accepted for floats."""
+    """Check one value against its field annotation; ints (and numeric strings) are accepted for floats."""
     where = f"{section}.{key}"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         allowed = [member.value for member in annotation]
@@ -161,6 +161,12 @@ def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        # YAML 1.1 (PyYAML) reads "1e6" or "1.0e6" as a string; accept it as the number it spells.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -1,0 +1,432 @@
+"""The dataset contract: one typed object for ptychographic data and the canonical NPZ file.
+
+Canonical NPZ (DESIGN.md section 5), always read with ``np.load(path, allow_pickle=False)``:
+
+=============  =========  =========  ===================================================
+key            shape      dtype      meaning
+=============  =========  =========  ===================================================
+diffraction    (M, N, N)  float32    amplitude = sqrt(counts), zero frequency centred
+xcoords        (M,)       float64    column of the probe-window centre, object pixels
+ycoords        (M,)       float64    row of the probe-window centre, object pixels
+probeGuess     (N, N)     complex64  probe
+objectGuess    (H, W)     complex64  ground-truth / reference object (optional)
+scan_index     (M,)       int64      scan order (optional; default arange(M))
+metadata       ()         str        JSON object (optional; default {})
+=============  =========  =========  ===================================================
+
+Conventions (DESIGN.md section 2): the object is indexed ``[row, col]``; the probe window of
+pattern i covers columns ``x_i - N/2 ... x_i + N/2 - 1`` and rows ``y_i - N/2 ... y_i + N/2 - 1``.
+
+Readers also accept what PtychoPINN-style files hold: the key ``diff3d`` for ``diffraction``,
+the legacy (N, N, M) order, and intensities declared by ``metadata["diffraction_quantity"] ==
+"intensity"``. These are converted once, here, and the conversion is recorded in ``metadata``.
+
+Every problem with a file or dataset raises :class:`ptycho.errors.DataError` with a message
+``"<file>: key '<key>': <problem>"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptycho.errors import DataError
+
+DIFFRACTION_QUANTITIES = ("amplitude", "intensity")
+"""Allowed values of ``metadata["diffraction_quantity"]`` in a file."""
+
+_REQUIRED_KEYS = ("xcoords", "ycoords", "probeGuess")
+
+# Which source dtype kinds may be cast to a target kind without losing meaning
+# (b: bool, i: int, u: unsigned, f: float, c: complex). Bool or string data is never numbers.
+_CASTABLE_KINDS = {"f": "iuf", "c": "iufc", "i": "iu"}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: `==` on arrays has no single truth value
+class PtychoDataset:
+    """Diffraction patterns, scan positions, probe and (optionally) object of one scan.
+
+    Fields are stored as given (no conversion); call :func:`validate` to check them.
+
+    amplitudes: (M, N, N) float32, diffraction amplitude sqrt(counts), zero frequency centred.
+    xcoords:    (M,) float64, column of the probe-window centre, object pixels.
+    ycoords:    (M,) float64, row of the probe-window centre, object pixels.
+    probe:      (N, N) complex64.
+    object:     (H, W) complex64 ground truth or reference, or None.
+    scan_index: (M,) int64, scan order of each pattern.
+    metadata:   JSON-serialisable dict (nphotons, units, provenance, conversions done).
+    """
+
+    amplitudes: np.ndarray
+    xcoords: np.ndarray
+    ycoords: np.ndarray
+    probe: np.ndarray
+    object: np.ndarray | None
+    scan_index: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_patterns(self) -> int:
+        """M, the number of diffraction patterns."""
+        return int(self.amplitudes.shape[0])
+
+    @property
+    def pattern_size(self) -> int:
+        """N, the side of a (square) diffraction pattern in pixels."""
+        return int(self.amplitudes.shape[-1])
+
+    def subset(self, indices: Any) -> PtychoDataset:
+        """The patterns selected by `indices`: (K,) integer positions or an (M,) boolean mask.
+
+        Probe, object and metadata are kept (metadata is copied so the two datasets do not
+        share a mutable dict).
+        """
+        index = np.asarray(indices)
+        if index.ndim != 1:
+            raise DataError(f"subset: key 'indices': expected a 1-D index array, found shape {index.shape}")
+        if index.size == 0:
+            index = index.astype(np.int64)  # np.asarray([]) is float, which cannot index
+        return replace(
+            self,
+            amplitudes=self.amplitudes[index],
+            xcoords=self.xcoords[index],
+            ycoords=self.ycoords[index],
+            scan_index=self.scan_index[index],
+            metadata=copy.deepcopy(self.metadata),
+        )
+
+
+def _error(source: str, key: str, problem: str) -> DataError:
+    return DataError(f"{source}: key '{key}': {problem}")
+
+
+def _check_array(value: Any, source: str, key: str, layout: tuple[str, ...], dtype: Any) -> None:
+    """Raise unless `value` is an ndarray with len(layout) axes and exactly `dtype`."""
+    expected = "(" + ", ".join(layout) + (",)" if len(layout) == 1 else ")")
+    if not isinstance(value, np.ndarray):
+        raise _error(source, key, f"expected a numpy array of shape {expected}, found {type(value).__name__}")
+    if value.ndim != len(layout):
+        raise _error(
+            source, key, f"expected a {len(layout)}-D array of shape {expected}, found shape {value.shape}"
+        )
+    if value.dtype != np.dtype(dtype):
+        raise _error(source, key, f"expected dtype {np.dtype(dtype).name}, found {value.dtype}")
+
+
+def _check_finite(value: np.ndarray, source: str, key: str, what: str) -> None:
+    bad = ~np.isfinite(value)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise _error(
+            source, key, f"{int(bad.sum())} non-finite {what} value(s) (NaN or inf), first at index {first}"
+        )
+
+
+def _check_non_negative(value: np.ndarray, source: str, key: str, what: str) -> None:
+    bad = value < 0
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise _error(
+            source,
+            key,
+            f"{int(bad.sum())} negative {what} value(s), first at index {first} ({float(value[first]):g})",
+        )
+
+
+def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "diffraction") -> None:
+    """Check that `dataset` is consistent; raise DataError naming `source`, the key and the problem.
+
+    Checks shapes and exact dtypes of every field, finite and non-negative amplitudes, even
+    square patterns, one position per pattern, probe shape (N, N), JSON-serialisable metadata
+    that does not claim to hold intensities, and (when an object is present) that every probe
+    window lies inside it. `diffraction_key` is the name used for the patterns in messages
+    (the file may have called them ``diff3d``).
+    """
+    amplitudes = dataset.amplitudes
+    _check_array(amplitudes, source, diffraction_key, ("M", "N", "N"), np.float32)
+    m, rows, cols = amplitudes.shape
+    if rows != cols:
+        raise _error(source, diffraction_key, f"patterns must be square (N, N), found {rows}x{cols}")
+    n = rows
+    if n == 0 or n % 2:
+        raise _error(source, diffraction_key, f"pattern size must be even and positive, found N={n}")
+    if m == 0:
+        raise _error(source, diffraction_key, "holds no patterns (M=0)")
+    _check_finite(amplitudes, source, diffraction_key, "amplitude")
+    _check_non_negative(amplitudes, source, diffraction_key, "amplitude")
+
+    for key, coords in (("xcoords", dataset.xcoords), ("ycoords", dataset.ycoords)):
+        _check_array(coords, source, key, ("M",), np.float64)
+        if coords.shape[0] != m:
+            raise _error(
+                source, key, f"has {coords.shape[0]} positions but '{diffraction_key}' has {m} patterns"
+            )
+        _check_finite(coords, source, key, "coordinate")
+
+    _check_array(dataset.probe, source, "probeGuess", ("N", "N"), np.complex64)
+    if dataset.probe.shape != (n, n):
+        raise _error(
+            source,
+            "probeGuess",
+            f"probe shape {dataset.probe.shape} does not match the patterns: expected {(n, n)}",
+        )
+    _check_finite(dataset.probe, source, "probeGuess", "probe")
+
+    if dataset.object is not None:
+        _check_array(dataset.object, source, "objectGuess", ("H", "W"), np.complex64)
+        _check_finite(dataset.object, source, "objectGuess", "object")
+
+    _check_array(dataset.scan_index, source, "scan_index", ("M",), np.int64)
+    if dataset.scan_index.shape[0] != m:
+        raise _error(
+            source,
+            "scan_index",
+            f"has {dataset.scan_index.shape[0]} entries but '{diffraction_key}' has {m} patterns",
+        )
+
+    _check_metadata(dataset.metadata, source)
+
+    if dataset.object is not None:
+        _check_positions_inside(dataset, source)
+
+
+def _check_metadata(metadata: Any, source: str) -> None:
+    if not isinstance(metadata, dict):
+        raise _error(source, "metadata", f"expected a dict, found {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)  # strict JSON, so any reader can parse the file
+    except (TypeError, ValueError) as exc:
+        raise _error(source, "metadata", f"is not JSON-serialisable: {exc}") from exc
+    # A dataset always holds amplitudes; a stale "intensity" here would make the next load
+    # take the square root a second time.
+    quantity = metadata.get("diffraction_quantity", "amplitude")
+    if quantity != "amplitude":
+        raise _error(
+            source, "metadata.diffraction_quantity", f"a dataset holds amplitudes, found {quantity!r}"
+        )
+
+
+def _check_positions_inside(dataset: PtychoDataset, source: str) -> None:
+    """Every probe window [x - N/2, x + N/2 - 1] x [y - N/2, y + N/2 - 1] inside the object."""
+    height, width = dataset.object.shape
+    half = dataset.pattern_size // 2
+    x, y = dataset.xcoords, dataset.ycoords
+    x_out = (x - half < 0) | (x + half - 1 > width - 1)
+    y_out = (y - half < 0) | (y + half - 1 > height - 1)
+    outside = x_out | y_out
+    if outside.any():
+        i = int(np.argmax(outside))
+        key = "xcoords" if x_out[i] else "ycoords"
+        raise _error(
+            source,
+            key,
+            f"{int(outside.sum())} of {outside.size} positions put the probe window outside the object "
+            f"(objectGuess shape {(height, width)} = (H, W), N={dataset.pattern_size}: need "
+            f"{half} <= x <= {width - half} and {half} <= y <= {height - half}); "
+            f"first at index {i}: x={x[i]:g}, y={y[i]:g}",
+        )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member of the NPZ at `path`, read without pickle."""
+    source = str(path)
+    if not path.exists():
+        raise DataError(f"{source}: file not found")
+    if not path.is_file():
+        raise DataError(f"{source}: not a file")
+    # np.load on a non-zip would try the .npy or pickle readers and report "pickled data",
+    # which is misleading for, say, a text file; say what it is instead.
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{source}: not a valid NPZ file (not a zip archive)")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                arrays[key] = _read_member(npz, key, source)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise DataError(f"{source}: not a valid NPZ file: {exc}") from exc
+    return arrays
+
+
+def _read_member(npz: Any, key: str, source: str) -> np.ndarray:
+    try:
+        value = npz[key]
+    except ValueError as exc:
+        # numpy refuses object arrays when allow_pickle=False, before unpickling anything.
+        if "allow_pickle" in str(exc):
+            raise _error(
+                source, key, "holds pickled Python objects (an object array); pickled data is refused "
+                "because unpickling can execute code"
+            ) from exc
+        raise _error(source, key, f"cannot be read as an array: {exc}") from exc
+    if not isinstance(value, np.ndarray):
+        raise _error(source, key, "is not a .npy array member of the NPZ")
+    return value
+
+
+def _parse_metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any]:
+    if "metadata" not in arrays:
+        return {}
+    value = arrays["metadata"]
+    if value.ndim != 0 or value.dtype.kind not in "US":
+        raise _error(
+            source,
+            "metadata",
+            f"expected a 0-d string array holding JSON, found dtype {value.dtype} shape {value.shape}",
+        )
+    text = value.item()
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        parsed = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _error(source, "metadata", f"invalid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise _error(source, "metadata", f"JSON must be an object, found {type(parsed).__name__}")
+    return parsed
+
+
+def _cast(value: np.ndarray, source: str, key: str, dtype: Any) -> np.ndarray:
+    """`value` as a C-contiguous array of `dtype`, refusing casts that change meaning."""
+    target = np.dtype(dtype)
+    if value.dtype.kind not in _CASTABLE_KINDS[target.kind]:
+        if value.dtype.kind == "c":
+            problem = f"complex-typed values ({value.dtype}); expected real numbers"
+        else:
+            problem = f"dtype {value.dtype} cannot be read as {target.name}"
+        raise _error(source, key, problem)
+    # asarray, not ascontiguousarray: the latter turns a 0-d array into 1-D and would hide it.
+    return np.asarray(value, dtype=target, order="C")
+
+
+def _diffraction_key(arrays: dict[str, np.ndarray], source: str) -> str:
+    present = [key for key in ("diffraction", "diff3d") if key in arrays]
+    if not present:
+        raise _error(source, "diffraction", "missing (also looked for the legacy key 'diff3d')")
+    if len(present) == 2:
+        raise _error(source, "diffraction", "ambiguous: the file holds both 'diffraction' and 'diff3d'")
+    return present[0]
+
+
+def _resolve_quantity(metadata: dict[str, Any], override: str | None, source: str) -> str:
+    if override is not None:
+        quantity, origin = override, "the diffraction_quantity argument"
+    else:
+        quantity, origin = metadata.get("diffraction_quantity", "amplitude"), "the file"
+    if quantity not in DIFFRACTION_QUANTITIES:
+        raise _error(
+            source,
+            "metadata.diffraction_quantity",
+            f"expected one of {', '.join(repr(q) for q in DIFFRACTION_QUANTITIES)}, "
+            f"found {quantity!r} (from {origin})",
+        )
+    return quantity
+
+
+def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None = None) -> PtychoDataset:
+    """Read and validate the canonical NPZ at `path` (never unpickling anything).
+
+    `diffraction_quantity` ("amplitude" or "intensity") overrides what the file declares in
+    ``metadata["diffraction_quantity"]`` (default "amplitude"). Intensities are checked
+    (finite, non-negative) and converted once to amplitudes by sqrt; legacy (N, N, M) patterns
+    are transposed to (M, N, N). Both conversions are recorded in ``metadata``.
+    """
+    path = Path(path)
+    source = str(path)
+    arrays = _read_npz(path)
+    metadata = _parse_metadata(arrays, source)
+    diff_key = _diffraction_key(arrays, source)
+    for key in _REQUIRED_KEYS:
+        if key not in arrays:
+            raise _error(source, key, "missing")
+
+    xcoords = _cast(arrays["xcoords"], source, "xcoords", np.float64)
+    ycoords = _cast(arrays["ycoords"], source, "ycoords", np.float64)
+    raw = _cast(arrays[diff_key], source, diff_key, np.float32)
+
+    # Legacy (N, N, M): only when the first two axes are equal and the last one differs from
+    # them and equals the number of positions; a cube (N, N, N) is read as canonical.
+    if raw.ndim == 3 and xcoords.ndim == 1:
+        n0, n1, n2 = raw.shape
+        if n0 == n1 and n2 != n0 and n2 == xcoords.shape[0]:
+            raw = np.ascontiguousarray(np.transpose(raw, (2, 0, 1)))
+            metadata["converted_from_order"] = "NNM"
+
+    quantity = _resolve_quantity(metadata, diffraction_quantity, source)
+    if quantity == "intensity":
+        # Checked here because sqrt would turn a negative count into NaN without a word.
+        _check_finite(raw, source, diff_key, "intensity")
+        _check_non_negative(raw, source, diff_key, "intensity")
+        amplitudes = np.sqrt(raw)
+        metadata["converted_from"] = "intensity"
+    else:
+        amplitudes = raw
+    if quantity == "intensity" or "diffraction_quantity" in metadata:
+        metadata["diffraction_quantity"] = "amplitude"  # what the dataset now holds
+
+    n_patterns = amplitudes.shape[0] if amplitudes.ndim > 0 else 0
+    if "scan_index" in arrays:
+        scan_index = _cast(arrays["scan_index"], source, "scan_index", np.int64)
+    else:
+        scan_index = np.arange(n_patterns, dtype=np.int64)
+    obj = None
+    if "objectGuess" in arrays:
+        obj = _cast(arrays["objectGuess"], source, "objectGuess", np.complex64)
+
+    dataset = PtychoDataset(
+        amplitudes=amplitudes,
+        xcoords=xcoords,
+        ycoords=ycoords,
+        probe=_cast(arrays["probeGuess"], source, "probeGuess", np.complex64),
+        object=obj,
+        scan_index=scan_index,
+        metadata=metadata,
+    )
+    validate(dataset, source, diffraction_key=diff_key)
+    return dataset
+
+
+def save_dataset(dataset: PtychoDataset, path: str | os.PathLike[str]) -> None:
+    """Validate `dataset`, then write it atomically as the canonical NPZ at exactly `path`.
+
+    The file is written to a temporary file in the same folder, flushed to disk and moved
+    into place with os.replace, so a crash never leaves a partial file at `path`. Parent
+    folders are created. Nothing is written when validation fails.
+    """
+    path = Path(path)
+    validate(dataset, str(path))
+    arrays = {
+        "diffraction": dataset.amplitudes,
+        "xcoords": dataset.xcoords,
+        "ycoords": dataset.ycoords,
+        "probeGuess": dataset.probe,
+    }
+    if dataset.object is not None:
+        arrays["objectGuess"] = dataset.object
+    arrays["scan_index"] = dataset.scan_index
+    # A 0-d unicode array: stored as plain .npy, no pickle. Sorted keys make the bytes stable.
+    arrays["metadata"] = np.array(json.dumps(dataset.metadata, sort_keys=True, allow_nan=False))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Passing an open file stops np.savez from appending ".npz" to the name.
+    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with tmp:
+            np.savez(tmp, **arrays)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        # NamedTemporaryFile creates mode 0600; give the data file ordinary read permissions.
+        os.chmod(tmp.name, 0o644)
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,391 @@
+"""Tests for ptycho/data.py: the dataset object, the canonical NPZ and its error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
+from ptycho.errors import DataError
+
+M, N, H, W = 6, 8, 32, 40  # windows need N/2 <= x <= W - N/2 = 36 and N/2 <= y <= H - N/2 = 28
+
+
+def make_dataset(with_object: bool = True, metadata: dict | None = None) -> PtychoDataset:
+    rng = np.random.default_rng(0)
+    obj = (rng.random((H, W)) * np.exp(1j * rng.random((H, W)))).astype(np.complex64)
+    return PtychoDataset(
+        amplitudes=rng.random((M, N, N)).astype(np.float32),
+        xcoords=np.array([4.0, 10.5, 16.0, 22.0, 30.0, 36.0]),
+        ycoords=np.array([4.0, 8.0, 12.25, 16.0, 20.0, 28.0]),
+        probe=(rng.random((N, N)) + 1j * rng.random((N, N))).astype(np.complex64),
+        object=obj if with_object else None,
+        scan_index=np.arange(10, 10 + M, dtype=np.int64),
+        metadata={"nphotons": 1e6, "provenance": {"stage": "test"}} if metadata is None else metadata,
+    )
+
+
+def canonical_arrays() -> dict[str, np.ndarray]:
+    """The NPZ members of make_dataset(), for building bad files by editing one key."""
+    ds = make_dataset()
+    return {
+        "diffraction": ds.amplitudes,
+        "xcoords": ds.xcoords,
+        "ycoords": ds.ycoords,
+        "probeGuess": ds.probe,
+        "objectGuess": ds.object,
+        "scan_index": ds.scan_index,
+        "metadata": np.array(json.dumps(ds.metadata)),
+    }
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def assert_same(a: PtychoDataset, b: PtychoDataset) -> None:
+    for name in ("amplitudes", "xcoords", "ycoords", "probe", "scan_index"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    if a.object is None:
+        assert b.object is None
+    else:
+        assert a.object.dtype == b.object.dtype
+        np.testing.assert_array_equal(a.object, b.object)
+    assert a.metadata == b.metadata
+
+
+# --- round trips and accepted variants -------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_object", [True, False])
+def test_round_trip(tmp_path, with_object):
+    ds = make_dataset(with_object=with_object)
+    validate(ds, "memory")
+    path = tmp_path / "sub" / "scan.npz"
+    save_dataset(ds, path)
+    loaded = load_dataset(path)
+    assert_same(ds, loaded)
+    assert loaded.n_patterns == M and loaded.pattern_size == N
+    assert os.listdir(path.parent) == ["scan.npz"]  # no temp file left behind
+    with np.load(path, allow_pickle=False) as npz:
+        assert ("objectGuess" in npz.files) == with_object
+        assert npz["diffraction"].dtype == np.float32 and npz["metadata"].shape == ()
+
+
+def test_save_uses_the_name_as_given(tmp_path):
+    path = tmp_path / "scan.data"  # np.savez on a name would have appended ".npz"
+    save_dataset(make_dataset(), path)
+    assert os.listdir(tmp_path) == ["scan.data"]
+    assert_same(make_dataset(), load_dataset(path))
+
+
+def test_defaults_when_optional_keys_absent(tmp_path):
+    arrays = canonical_arrays()
+    for key in ("scan_index", "metadata", "objectGuess"):
+        del arrays[key]
+    arrays["probeGuess"] = arrays["probeGuess"].real.astype(np.float64)  # a real probe is cast
+    ds = load_dataset(write_npz(tmp_path / "min.npz", arrays))
+    np.testing.assert_array_equal(ds.scan_index, np.arange(M))
+    assert ds.scan_index.dtype == np.int64
+    assert ds.metadata == {} and ds.object is None
+    assert ds.probe.dtype == np.complex64 and np.all(ds.probe.imag == 0)
+
+
+def test_diff3d_key(tmp_path):
+    arrays = canonical_arrays()
+    arrays["diff3d"] = arrays.pop("diffraction").astype(np.float64)
+    ds = load_dataset(write_npz(tmp_path / "d.npz", arrays))
+    assert ds.amplitudes.dtype == np.float32
+    np.testing.assert_array_equal(ds.amplitudes, make_dataset().amplitudes)
+
+
+def test_legacy_nnm_order_is_transposed(tmp_path):
+    arrays = canonical_arrays()
+    arrays["diffraction"] = np.transpose(arrays["diffraction"], (1, 2, 0))  # (N, N, M)
+    ds = load_dataset(write_npz(tmp_path / "nnm.npz", arrays))
+    np.testing.assert_array_equal(ds.amplitudes, make_dataset().amplitudes)
+    assert ds.amplitudes.flags.c_contiguous
+    assert ds.metadata["converted_from_order"] == "NNM"
+
+
+def test_cube_is_read_as_canonical(tmp_path):
+    arrays = canonical_arrays()  # M == N == 8: (8, 8, 8) is ambiguous, canonical wins
+    arrays["diffraction"] = np.random.default_rng(1).random((N, N, N)).astype(np.float32)
+    for key in ("xcoords", "ycoords"):
+        arrays[key] = np.full(N, 16.0)
+    arrays["scan_index"] = np.arange(N)
+    ds = load_dataset(write_npz(tmp_path / "cube.npz", arrays))
+    np.testing.assert_array_equal(ds.amplitudes, arrays["diffraction"])
+    assert "converted_from_order" not in ds.metadata
+
+
+def test_declared_intensities_are_converted_once(tmp_path):
+    counts = np.random.default_rng(2).poisson(50.0, size=(M, N, N))  # integer counts
+    arrays = canonical_arrays()
+    arrays["diffraction"] = counts
+    arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity", "nphotons": 5}))
+    ds = load_dataset(write_npz(tmp_path / "counts.npz", arrays))
+    np.testing.assert_allclose(ds.amplitudes, np.sqrt(counts), rtol=1e-6)
+    assert ds.amplitudes.dtype == np.float32
+    assert ds.metadata == {"diffraction_quantity": "amplitude", "converted_from": "intensity", "nphotons": 5}
+    # Saving and reloading must not take the square root a second time.
+    save_dataset(ds, tmp_path / "again.npz")
+    np.testing.assert_array_equal(load_dataset(tmp_path / "again.npz").amplitudes, ds.amplitudes)
+
+
+def test_argument_overrides_declared_quantity(tmp_path):
+    arrays = canonical_arrays()
+    del arrays["metadata"]  # file declares nothing: amplitude by default
+    path = write_npz(tmp_path / "i.npz", arrays)
+    assert "converted_from" not in load_dataset(path).metadata
+    ds = load_dataset(path, diffraction_quantity="intensity")
+    np.testing.assert_allclose(ds.amplitudes, np.sqrt(arrays["diffraction"]), rtol=1e-6)
+    assert ds.metadata["converted_from"] == "intensity"
+
+    arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity"}))
+    path = write_npz(tmp_path / "a.npz", arrays)
+    ds = load_dataset(path, diffraction_quantity="amplitude")
+    np.testing.assert_array_equal(ds.amplitudes, arrays["diffraction"])
+    assert ds.metadata == {"diffraction_quantity": "amplitude"}
+
+
+def test_positions_on_the_object_edge_are_inside(tmp_path):
+    # make_dataset() already uses x = 4 and 36 (= W - N/2), y = 4 and 28 (= H - N/2): the window
+    # x - N/2 ... x + N/2 - 1 then touches columns 0 and W - 1 exactly.
+    ds = make_dataset()
+    assert ds.xcoords.min() == N // 2 and ds.xcoords.max() == W - N // 2
+    assert ds.ycoords.min() == N // 2 and ds.ycoords.max() == H - N // 2
+    validate(ds, "memory")
+
+
+def test_subset():
+    ds = make_dataset()
+    sub = ds.subset([4, 1])
+    np.testing.assert_array_equal(sub.amplitudes, ds.amplitudes[[4, 1]])
+    np.testing.assert_array_equal(sub.xcoords, ds.xcoords[[4, 1]])
+    np.testing.assert_array_equal(sub.ycoords, ds.ycoords[[4, 1]])
+    np.testing.assert_array_equal(sub.scan_index, [14, 11])
+    assert sub.probe is ds.probe and sub.object is ds.object
+    assert sub.metadata == ds.metadata and sub.metadata is not ds.metadata
+    assert sub.n_patterns == 2
+    mask = np.zeros(M, dtype=bool)
+    mask[2] = True
+    assert ds.subset(mask).n_patterns == 1
+    assert ds.subset([]).n_patterns == 0
+
+
+# --- bad files ----------------------------------------------------------------------------------
+
+
+def _set(key, value):
+    def edit(a):
+        a[key] = value(a) if callable(value) else value
+
+    return edit
+
+
+def _drop(key):
+    return lambda a: a.pop(key)
+
+
+def _bad_at(key, index, value):
+    def edit(a):
+        a[key] = a[key].copy()
+        a[key][index] = value
+
+    return edit
+
+
+def _meta(text):
+    return _set("metadata", np.array(text))
+
+
+def _declared_intensity_with(value):
+    def edit(a):
+        _meta('{"diffraction_quantity": "intensity"}')(a)
+        _bad_at("diffraction", (1, 2, 3), value)(a)
+
+    return edit
+
+
+BAD_FILES = [
+    # id, edit of the canonical arrays, key named in the message, words in the message
+    ("missing-diffraction", _drop("diffraction"), "diffraction", "missing"),
+    ("missing-xcoords", _drop("xcoords"), "xcoords", "missing"),
+    ("missing-ycoords", _drop("ycoords"), "ycoords", "missing"),
+    ("missing-probe", _drop("probeGuess"), "probeGuess", "missing"),
+    ("both-diffraction-keys", _set("diff3d", lambda a: a["diffraction"]), "diffraction", "ambiguous"),
+    ("diffraction-2d", _set("diffraction", lambda a: a["diffraction"][0]), "diffraction", "3-D"),
+    ("diffraction-4d", _set("diffraction", lambda a: a["diffraction"][None]), "diffraction", "3-D"),
+    ("non-square", _set("diffraction", lambda a: a["diffraction"][:, :, :6]), "diffraction", "square"),
+    ("odd-n", _set("diffraction", lambda a: a["diffraction"][:, :7, :7]), "diffraction", "even"),
+    ("nan-amplitude", _bad_at("diffraction", (3, 1, 2), np.nan), "diffraction", "non-finite"),
+    ("inf-amplitude", _bad_at("diffraction", (0, 0, 0), np.inf), "diffraction", "non-finite"),
+    ("negative-amplitude", _bad_at("diffraction", (2, 0, 0), -0.5), "diffraction", "negative"),
+    ("complex-diffraction", _set("diffraction", lambda a: a["diffraction"] + 0j), "diffraction", "complex"),
+    ("string-diffraction", _set("diffraction", np.array([["a"]])), "diffraction", "dtype"),
+    ("xcoords-2d", _set("xcoords", lambda a: a["xcoords"][:, None]), "xcoords", "1-D"),
+    ("ycoords-0d", _set("ycoords", np.array(5.0)), "ycoords", "1-D"),
+    ("xcoords-nan", _bad_at("xcoords", 1, np.nan), "xcoords", "non-finite"),
+    ("ycoords-inf", _bad_at("ycoords", 1, np.inf), "ycoords", "non-finite"),
+    ("xcoords-short", _set("xcoords", lambda a: a["xcoords"][:5]), "xcoords", "5 positions"),
+    ("ycoords-long", _set("ycoords", lambda a: np.append(a["ycoords"], 9.0)), "ycoords", "7 positions"),
+    ("xcoords-complex", _set("xcoords", lambda a: a["xcoords"] + 0j), "xcoords", "complex"),
+    ("probe-1d", _set("probeGuess", lambda a: a["probeGuess"][0]), "probeGuess", "2-D"),
+    ("probe-size", _set("probeGuess", lambda a: a["probeGuess"][:4, :4]), "probeGuess", "(4, 4)"),
+    ("object-1d", _set("objectGuess", lambda a: a["objectGuess"][0]), "objectGuess", "2-D"),
+    ("x-left-of-object", _bad_at("xcoords", 2, 3.5), "xcoords", "first at index 2: x=3.5"),
+    ("x-right-of-object", _bad_at("xcoords", 4, W - N / 2 + 0.5), "xcoords", "1 of 6 positions"),
+    ("y-below-object", _bad_at("ycoords", 5, H - N / 2 + 1), "ycoords", "first at index 5"),
+    ("scan-index-short", _set("scan_index", np.arange(3)), "scan_index", "3 entries"),
+    ("scan-index-float", _set("scan_index", np.arange(M) * 1.0), "scan_index", "dtype"),
+    ("metadata-bad-json", _meta("{nphotons: 1"), "metadata", "invalid JSON"),
+    ("metadata-not-object", _meta("[1, 2]"), "metadata", "object"),
+    ("metadata-not-string", _set("metadata", np.arange(3)), "metadata", "0-d string"),
+    ("quantity-unknown", _meta('{"diffraction_quantity": "counts"}'), "metadata.diffraction_quantity",
+     "'intensity'"),
+    ("intensity-negative", _declared_intensity_with(-4.0), "diffraction", "negative intensity"),
+    ("intensity-nan", _declared_intensity_with(np.nan), "diffraction", "non-finite intensity"),
+]
+
+
+@pytest.mark.parametrize(("edit", "key", "words"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+def test_bad_file_is_refused_with_file_key_and_problem(tmp_path, edit, key, words):
+    arrays = canonical_arrays()
+    edit(arrays)
+    path = write_npz(tmp_path / "bad_scan.npz", arrays)
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"key '{key}'" in message
+    assert words in message
+
+
+def test_diff3d_errors_name_diff3d(tmp_path):
+    arrays = canonical_arrays()
+    arrays["diff3d"] = arrays.pop("diffraction")[:, :7, :7]
+    with pytest.raises(DataError, match="key 'diff3d': pattern size must be even"):
+        load_dataset(write_npz(tmp_path / "d.npz", arrays))
+
+
+def test_invalid_quantity_argument(tmp_path):
+    path = write_npz(tmp_path / "scan.npz", canonical_arrays())
+    with pytest.raises(DataError, match=r"key 'metadata.diffraction_quantity'.*'amplitude', 'intensity'"):
+        load_dataset(path, diffraction_quantity="counts")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.npz"
+    with pytest.raises(DataError, match="file not found") as info:
+        load_dataset(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "npy", "truncated-zip", "corrupt-member"])
+def test_not_an_npz(tmp_path, kind):
+    path = tmp_path / "broken.npz"
+    if kind == "text":
+        path.write_text("diffraction,xcoords\n1,2\n")
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif kind == "truncated-zip":
+        write_npz(path, canonical_arrays())
+        path.write_bytes(path.read_bytes()[:-200])  # cut the zip's central directory
+    else:
+        write_npz(path, canonical_arrays())
+        path.write_bytes(path.read_bytes().replace(b"'descr'", b"'descx'", 1))  # fails the CRC check
+    with pytest.raises(DataError, match="not a valid NPZ") as info:
+        load_dataset(path)
+    assert str(path) in str(info.value)
+    if kind == "corrupt-member":
+        assert "diffraction" in str(info.value)
+
+
+class _Payload:
+    """Unpickling this creates the file `marker`: proof that code from the file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("key", ["diffraction", "extra"])
+def test_pickled_object_array_is_refused_without_running_it(tmp_path, key):
+    marker = tmp_path / "pwned"
+    arrays = canonical_arrays()
+    payload = np.empty(1, dtype=object)
+    payload[0] = _Payload(marker)
+    arrays[key] = payload
+    path = write_npz(tmp_path / "evil.npz", arrays)  # np.savez pickles object arrays
+    with pytest.raises(DataError, match="pickle") as info:
+        load_dataset(path)
+    assert f"{path}: key '{key}'" in str(info.value)
+    assert not marker.exists()
+
+
+# --- in-memory validation and saving ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "words"),
+    [
+        ({"amplitudes": make_dataset().amplitudes.astype(np.float64)}, "diffraction", "float32"),
+        ({"xcoords": make_dataset().xcoords.astype(np.float32)}, "xcoords", "float64"),
+        ({"probe": make_dataset().probe.real.copy()}, "probeGuess", "complex64"),
+        ({"scan_index": np.arange(M, dtype=np.int32)}, "scan_index", "int64"),
+        ({"amplitudes": [[[1.0]]]}, "diffraction", "numpy array"),
+        ({"metadata": {"when": object()}}, "metadata", "JSON"),
+        ({"metadata": {"x": float("nan")}}, "metadata", "JSON"),
+        ({"metadata": {"diffraction_quantity": "intensity"}}, "metadata.diffraction_quantity", "amplitudes"),
+        ({"amplitudes": np.zeros((0, N, N), np.float32), "xcoords": np.zeros(0), "ycoords": np.zeros(0),
+          "scan_index": np.zeros(0, np.int64)}, "diffraction", "no patterns"),
+    ],
+    ids=["amp-f64", "x-f32", "probe-real", "scan-i32", "amp-list", "meta-object", "meta-nan",
+         "meta-intensity", "empty"],
+)
+def test_validate_refuses_without_converting(change, key, words):
+    ds = replace(make_dataset(), **change)
+    with pytest.raises(DataError) as info:
+        validate(ds, "in-memory")
+    assert str(info.value).startswith(f"in-memory: key '{key}': ")
+    assert words in str(info.value)
+
+
+def test_save_invalid_dataset_writes_nothing(tmp_path):
+    ds = make_dataset()
+    bad = PtychoDataset(ds.amplitudes, ds.xcoords[:3], ds.ycoords, ds.probe, ds.object, ds.scan_index)
+    path = tmp_path / "out" / "scan.npz"
+    with pytest.raises(DataError, match="key 'xcoords'.*3 positions.*6 patterns") as info:
+        save_dataset(bad, path)
+    assert str(path) in str(info.value)
+    assert not path.exists()
+    assert not path.parent.exists() or os.listdir(path.parent) == []
+
+
+def test_failed_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
+    path = tmp_path / "scan.npz"
+    save_dataset(make_dataset(), path)
+    before = path.read_bytes()
+
+    def crash(file, **arrays):
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    other = make_dataset(metadata={"run": 2})
+    with pytest.raises(OSError, match="disk full"):
+        save_dataset(other, path)
+    assert os.listdir(tmp_path) == ["scan.npz"]
+    assert path.read_bytes() == before

@@ -1,0 +1,63 @@
+"""The prepare workflow: simulation and NPZ ingestion write train/test files, bad input writes nothing."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ptycho import workflows
+from ptycho.config import PrepareConfig, Source
+from ptycho.data import load_dataset, save_dataset
+from ptycho.errors import DataError
+from ptycho.simulate import simulate_train_test
+
+SMALL = PrepareConfig(N=32, train_object_px=96, test_object_px=64, step_px=6.0, probe_diameter_px=12.0, nphotons=1e4)
+
+
+def outputs(folder):
+    return folder / "train.npz", folder / "test.npz", folder / "preview.png"
+
+
+def test_simulated_prepare_writes_train_test_and_preview(tmp_path):
+    train_path, test_path, preview = outputs(tmp_path / "prepared")
+    workflows.prepare(SMALL, train_path, test_path, preview)
+    train, test = load_dataset(train_path), load_dataset(test_path)
+    assert train.pattern_size == test.pattern_size == 32
+    assert train.object.shape == (96, 96) and test.object.shape == (64, 64)
+    assert train.metadata["role"] == "train" and test.metadata["role"] == "test"
+    assert preview.read_bytes().startswith(b"\x89PNG")
+
+
+def test_single_npz_is_split_spatially_with_a_guard_band(tmp_path):
+    scan, _ = simulate_train_test(SMALL)
+    source = tmp_path / "scan.npz"
+    save_dataset(scan, source)
+    config = dataclasses.replace(SMALL, source=Source.NPZ, train_file=str(source), test_fraction=0.3)
+    train_path, test_path, preview = outputs(tmp_path)
+    train, test = workflows.prepare(config, train_path, test_path, preview)
+    assert train.n_patterns + test.n_patterns < scan.n_patterns  # the guard band drops some
+    assert test.n_patterns == pytest.approx(0.3 * scan.n_patterns, rel=0.25)
+    assert train.xcoords.max() + 16 <= test.xcoords.min()  # at least N/2 apart
+    np.testing.assert_array_equal(load_dataset(test_path).amplitudes, test.amplitudes)
+
+
+def test_separate_test_file_is_used_as_given(tmp_path):
+    train, test = simulate_train_test(SMALL)
+    save_dataset(train, tmp_path / "a.npz")
+    save_dataset(test, tmp_path / "b.npz")
+    config = dataclasses.replace(SMALL, source=Source.NPZ, train_file=str(tmp_path / "a.npz"), test_file=str(tmp_path / "b.npz"))
+    out = tmp_path / "out"
+    workflows.prepare(config, *outputs(out))
+    np.testing.assert_array_equal(load_dataset(out / "test.npz").amplitudes, test.amplitudes)
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    train, test = simulate_train_test(SMALL)
+    save_dataset(train, tmp_path / "good.npz")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, diffraction=test.amplitudes, xcoords=test.xcoords[:-1], ycoords=test.ycoords, probeGuess=test.probe)
+    config = dataclasses.replace(SMALL, source=Source.NPZ, train_file=str(tmp_path / "good.npz"), test_file=str(bad))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="bad.npz.*xcoords"):
+        workflows.prepare(config, *outputs(out))
+    assert not out.exists() or list(out.iterdir()) == []
