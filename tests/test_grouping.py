@@ -1,0 +1,51 @@
+"""Neighbour grouping: C members from the K nearest, seeded, offsets about the group centre."""
+
+import numpy as np
+import pytest
+
+from ptycho.errors import ConfigError
+from ptycho.grouping import make_groups
+
+
+def grid_positions(n=6, step=5.0):
+    ys, xs = np.mgrid[0:n, 0:n] * step
+    return xs.ravel().astype(float), ys.ravel().astype(float)
+
+
+def test_gridsize_one_is_one_position_per_group_with_zero_offset():
+    xs, ys = grid_positions()
+    groups = make_groups(xs, ys, gridsize=1, n_neighbours=1, rng=np.random.default_rng(0))
+    assert groups.indices.shape == (36, 1)
+    np.testing.assert_array_equal(groups.indices[:, 0], np.arange(36))
+    np.testing.assert_array_equal(groups.offsets_xy, 0.0)
+    np.testing.assert_array_equal(groups.centres_xy, np.stack([xs, ys], 1))
+
+
+def test_gridsize_two_draws_from_the_k_nearest_and_offsets_sum_to_zero():
+    xs, ys = grid_positions()
+    groups = make_groups(xs, ys, gridsize=2, n_neighbours=5, rng=np.random.default_rng(0))
+    assert groups.indices.shape == (36, 4)
+    positions = np.stack([xs, ys], 1)
+    for seed, members in enumerate(groups.indices):
+        assert members[0] == seed and len(set(members)) == 4
+        distances = np.linalg.norm(positions[members] - positions[seed], axis=1)
+        assert distances.max() <= 5.0 * np.sqrt(2) + 1e-9  # within the 5 nearest on a 5 px grid
+    np.testing.assert_allclose(groups.offsets_xy.sum(axis=1), 0.0, atol=1e-9)
+    np.testing.assert_allclose(positions[groups.indices] - groups.centres_xy[:, None], groups.offsets_xy)
+
+
+def test_grouping_is_reproducible_for_a_seed_and_varies_with_it():
+    xs, ys = grid_positions()
+    first = make_groups(xs, ys, 2, 7, np.random.default_rng(3)).indices
+    again = make_groups(xs, ys, 2, 7, np.random.default_rng(3)).indices
+    other = make_groups(xs, ys, 2, 7, np.random.default_rng(4)).indices
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_too_few_neighbours_or_positions_is_an_error():
+    xs, ys = grid_positions()
+    with pytest.raises(ConfigError, match="model.n_neighbours"):
+        make_groups(xs, ys, 2, 3, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="model.gridsize"):
+        make_groups(xs[:3], ys[:3], 2, 7, np.random.default_rng(0))
