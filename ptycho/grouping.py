@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 from ptycho.errors import ConfigError
@@ -66,3 +67,11 @@ def make_groups(
     grouped = positions[indices]
     centres = grouped.mean(axis=1)
     return Groups(indices=indices, offsets_xy=grouped - centres[:, None, :], centres_xy=centres)
+
+
+def grouped_tensors(amplitudes: np.ndarray, groups: Groups) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitudes (G, C, N, N) float32 and offsets (G, C, 2) float32 of each group, as tensors."""
+    return (
+        torch.from_numpy(np.ascontiguousarray(amplitudes[groups.indices], dtype=np.float32)),
+        torch.from_numpy(groups.offsets_xy.astype(np.float32)),
+    )
