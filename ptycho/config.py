@@ -68,7 +68,7 @@ class PrepareConfig:
     phase_max_rad: float = 1.5  # object phase spans [-phase_max_rad, +phase_max_rad] at most
     feature_px: float = 6.0  # correlation length (grf) or line width scale (lines), pixels
     probe_kind: ProbeKind = ProbeKind.APERTURE
-    probe_diameter_px: float = 24.0  # central lobe: first-zero diameter (aperture) or FWHM (gaussian)
+    probe_diameter_px: float = 16.0  # central lobe: first-zero diameter (aperture) or FWHM (gaussian)
     scan_kind: ScanKind = ScanKind.GRID
     step_px: float = 8.0  # scan step, pixels (sets the overlap)
     jitter_px: float = 0.5  # grid scan: uniform random displacement of each point, pixels

@@ -103,3 +103,12 @@ def test_aperture_probe_has_rings_and_gaussian_has_none():
     gaussian = np.abs(simulate.make_probe(ProbeKind.GAUSSIAN, 64, 16.0))[32, 32:]
     assert np.all(np.diff(gaussian) <= 1e-7)
     assert gaussian[8] == pytest.approx(0.5, abs=0.02)  # FWHM 16 px
+
+
+def test_default_probe_keeps_its_intensity_inside_the_predicted_window():
+    # The network predicts the central N/2 x N/2 window; intensity outside it cannot be explained.
+    config = PrepareConfig()
+    intensity = np.abs(simulate.make_probe(config.probe_kind, config.N, config.probe_diameter_px)) ** 2
+    quarter = config.N // 4
+    inside = intensity[quarter : 3 * quarter, quarter : 3 * quarter].sum()
+    assert inside / intensity.sum() > 0.99
