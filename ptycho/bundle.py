@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torch import nn
 
 from ptycho import __version__
 from ptycho.errors import BundleError
+from ptycho.files import write_atomically, zip_member
 from ptycho.model import Architecture, build_models
 
 FORMAT = "ptycho-bundle"
@@ -48,9 +48,6 @@ WEIGHTS = "wts.h5"
 
 # Fixed zip metadata: the DOS epoch as timestamp, a regular file rw-r--r-- made on "Unix", and
 # one deflate level, so the bytes depend on the content only.
-_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-_ZIP_EXTERNAL_ATTR = (0o100644 << 16)
-_ZIP_CREATE_SYSTEM = 3
 _ZIP_COMPRESSLEVEL = 9
 
 # Member names that mark a PtychoPINN (TensorFlow/Keras + dill) archive. Its ModelManager writes
@@ -120,7 +117,7 @@ def save_bundle(
         "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
     manifest_bytes = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode("utf-8")
-    _write_atomically(path, _zip_bytes({MANIFEST: manifest_bytes, **members}))
+    write_atomically(path, _zip_bytes({MANIFEST: manifest_bytes, **members}))
 
 
 def _check_extras(path: Path, extras: dict) -> None:
@@ -164,29 +161,10 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in members.items():  # insertion order = member order
-            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE_TIME)
-            info.external_attr = _ZIP_EXTERNAL_ATTR
-            info.create_system = _ZIP_CREATE_SYSTEM
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, bytes(data), compresslevel=_ZIP_COMPRESSLEVEL)
+            archive.writestr(zip_member(name), bytes(data), compresslevel=_ZIP_COMPRESSLEVEL)
     return buffer.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the destination folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        # 0o666 minus the umask, like an ordinary file (mkstemp would leave it 0600).
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,6 +139,49 @@ class TrainConfig:
         _require(0.0 < self.lr_factor < 1.0, "train.lr_factor", f"must be in (0, 1), got {self.lr_factor}")
         _require(self.early_stopping_patience >= 1, "train.early_stopping_patience", f"must be >= 1, got {self.early_stopping_patience}")
         _require(self.num_threads >= 1, "train.num_threads", f"must be >= 1, got {self.num_threads}")
+        devices_ok = self.devices == "auto" or all(part.strip().isdigit() for part in self.devices.split(","))
+        _require(devices_ok, "train.devices", f"must be a count, a list such as '0,1', or 'auto'; got {self.devices!r}")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """`infer:` section."""
+
+    batch_size: int = 64  # groups per forward pass; memory is the canvas plus one batch
+    seed: int = 1  # grouping of the test positions (gridsize > 1)
+
+    def check(self) -> None:
+        _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`evaluate:` section: how reconstruction and truth are aligned before they are compared."""
+
+    coverage_fraction: float = 0.5  # scanned region: coverage >= this share of the maximum
+    margin_px: int = 4  # erode the scanned region by this many pixels
+    remove_phase_ramp: bool = False  # fit and remove a linear phase ramp (besides the offset)
+    register: bool = False  # sub-pixel registration of the reconstruction onto the truth
+
+    def check(self) -> None:
+        _require(0.0 < self.coverage_fraction <= 1.0, "evaluate.coverage_fraction", f"must be in (0, 1], got {self.coverage_fraction}")
+        _require(self.margin_px >= 0, "evaluate.margin_px", f"must be >= 0, got {self.margin_px}")
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """`check:` section: thresholds `ptycho check` applies to metrics.json after a run."""
+
+    min_amplitude_ssim: float = 0.0
+    min_phase_ssim: float = 0.0
+    min_amplitude_pearson: float = 0.0  # catches a flat (collapsed) output
+    max_r_factor: float = 1.0  # data consistency on the test scan
+
+    def check(self) -> None:
+        for key in ("min_amplitude_ssim", "min_phase_ssim", "min_amplitude_pearson"):
+            value = getattr(self, key)
+            _require(-1.0 <= value <= 1.0, f"check.{key}", f"must be in [-1, 1], got {value}")
+        _require(self.max_r_factor > 0, "check.max_r_factor", f"must be > 0, got {self.max_r_factor}")
 
 
 Section = TypeVar("Section")
@@ -193,7 +236,14 @@ def section_from_mapping(cls: type[Section], section: str, mapping: Mapping[str,
     return config
 
 
-SECTIONS: dict[str, type] = {"prepare": PrepareConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "infer": InferConfig,
+    "evaluate": EvaluateConfig,
+    "check": CheckConfig,
+}
 
 
 def read_params(path: str | Path) -> dict[str, Any]:

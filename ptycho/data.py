@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ptycho.errors import DataError
+from ptycho.files import write_npz
 
 DIFFRACTION_QUANTITIES = ("amplitude", "intensity")
 """Allowed values of ``metadata["diffraction_quantity"]`` in a file."""
@@ -398,9 +398,9 @@ def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None 
 def save_dataset(dataset: PtychoDataset, path: str | os.PathLike[str]) -> None:
     """Validate `dataset`, then write it atomically as the canonical NPZ at exactly `path`.
 
-    The file is written to a temporary file in the same folder, flushed to disk and moved
-    into place with os.replace, so a crash never leaves a partial file at `path`. Parent
-    folders are created. Nothing is written when validation fails.
+    The file is compressed with fixed zip time stamps (identical data give identical bytes)
+    and written atomically (``ptycho.files``), so a crash never leaves a partial file at
+    `path`. Parent folders are created. Nothing is written when validation fails.
     """
     path = Path(path)
     validate(dataset, str(path))
@@ -416,17 +416,4 @@ def save_dataset(dataset: PtychoDataset, path: str | os.PathLike[str]) -> None:
     # A 0-d unicode array: stored as plain .npy, no pickle. Sorted keys make the bytes stable.
     arrays["metadata"] = np.array(json.dumps(dataset.metadata, sort_keys=True, allow_nan=False))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Passing an open file stops np.savez from appending ".npz" to the name.
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            np.savez(tmp, **arrays)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        # NamedTemporaryFile creates mode 0600; give the data file ordinary read permissions.
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+    write_npz(path, arrays)

@@ -379,11 +379,10 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
     save_dataset(make_dataset(), path)
     before = path.read_bytes()
 
-    def crash(file, **arrays):
-        file.write(b"partial")
+    def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", crash)
+    monkeypatch.setattr(os, "fsync", crash)  # fails after the temp file holds the new bytes
     other = make_dataset(metadata={"run": 2})
     with pytest.raises(OSError, match="disk full"):
         save_dataset(other, path)

@@ -61,3 +61,11 @@ def test_bad_input_writes_nothing(tmp_path):
     with pytest.raises(DataError, match="bad.npz.*xcoords"):
         workflows.prepare(config, *outputs(out))
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_prepared_files_are_byte_deterministic(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    workflows.prepare(SMALL, *outputs(first))
+    workflows.prepare(SMALL, *outputs(second))
+    for name in ("train.npz", "test.npz", "preview.png"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
