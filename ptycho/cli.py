@@ -26,6 +26,30 @@ def _train(args: argparse.Namespace) -> None:
     print(f"train: wrote {args.bundle}; " + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
 
 
+def _infer(args: argparse.Namespace) -> None:
+    infer_config = config.load_section(args.params, "infer")
+    reconstruction = workflows.infer(load_dataset(args.test_data), args.bundle, infer_config, args.reconstruction, args.figure, args.stats)
+    print(f"infer: wrote {args.reconstruction} ({reconstruction.object.shape[0]} x {reconstruction.object.shape[1]} px, origin {reconstruction.origin})")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    evaluate_config = config.load_section(args.params, "evaluate")
+    report = workflows.evaluate(load_dataset(args.test_data), args.reconstruction, evaluate_config, args.metrics, args.frc, args.figure)
+    shown = ("amplitude.ssim", "phase.ssim", "amplitude.pearson", "frc.resolution_px_0.5", "data.r_factor")
+    for method, values in report.items():
+        print(f"evaluate: {method}: " + ", ".join(f"{key}={values[key]:.4g}" for key in shown if key in values))
+
+
+def _check(args: argparse.Namespace) -> None:
+    check_config = config.load_section(args.params, "check")
+    failures = workflows.check(args.bundle, args.test_data, args.reconstruction, args.metrics, check_config)
+    for failure in failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    if failures:
+        raise SystemExit(1)
+    print("check: all artifact checks passed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptycho", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ptycho {__version__}")
@@ -47,6 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoints", default="models/checkpoints", help="Lightning checkpoints (for --resume)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.set_defaults(run=_train)
+
+    infer = commands.add_parser("infer", help="reconstruct the test scan with the bundle; write reconstruction.npz")
+    infer.add_argument("--params", default="params.yaml", help="parameter file (section infer)")
+    infer.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
+    infer.add_argument("--bundle", default="models/wts.h5.zip", help="model bundle")
+    infer.add_argument("--reconstruction", default="results/reconstruction.npz", help="reconstruction to write")
+    infer.add_argument("--figure", default="results/reconstruction.png", help="amplitude/phase PNG to write")
+    infer.add_argument("--stats", default="results/infer_stats.json", help="inference timing (JSON)")
+    infer.set_defaults(run=_infer)
+
+    evaluate = commands.add_parser("evaluate", help="score the reconstruction; write metrics.json, FRC CSV and a figure")
+    evaluate.add_argument("--params", default="params.yaml", help="parameter file (section evaluate)")
+    evaluate.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ (ground truth, measured data)")
+    evaluate.add_argument("--reconstruction", default="results/reconstruction.npz", help="reconstruction to score")
+    evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write")
+    evaluate.add_argument("--frc", default="results/frc.csv", help="FRC curve to write")
+    evaluate.add_argument("--figure", default="results/comparison.png", help="truth/reconstruction/difference PNG")
+    evaluate.set_defaults(run=_evaluate)
+
+    check = commands.add_parser("check", help="verify the pipeline's artifacts and metric thresholds (for CI)")
+    check.add_argument("--params", default="params.yaml", help="parameter file (section check)")
+    check.add_argument("--bundle", default="models/wts.h5.zip")
+    check.add_argument("--test-data", default="data/prepared/test.npz")
+    check.add_argument("--reconstruction", default="results/reconstruction.npz")
+    check.add_argument("--metrics", default="results/metrics.json")
+    check.set_defaults(run=_check)
     return parser
 
 

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from ptycho import metrics  # noqa: E402
 from ptycho.data import PtychoDataset  # noqa: E402
 
 
@@ -48,3 +49,56 @@ def dataset_preview(dataset: PtychoDataset, path: str | Path, title: str) -> Non
     figure.suptitle(title)
     figure.tight_layout()
     _save(figure, path)
+
+
+def reconstruction_figure(reconstruction, path: str | Path, title: str) -> None:
+    """Amplitude and phase of a stitched reconstruction, in input coordinates, and its coverage."""
+    x0, y0 = reconstruction.origin
+    height, width = reconstruction.object.shape
+    extent = (x0 - 0.5, x0 + width - 0.5, y0 + height - 0.5, y0 - 0.5)
+    covered = reconstruction.coverage > 0
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    _show(axes[0], np.where(covered, np.abs(reconstruction.object), np.nan), "amplitude", extent=extent)
+    _show(axes[1], np.where(covered, np.angle(reconstruction.object), np.nan), "phase (rad)", cmap="twilight", extent=extent)
+    _show(axes[2], reconstruction.coverage, "coverage (summed weights)", cmap="viridis", extent=extent)
+    for axis in axes:
+        axis.set_xticks(np.linspace(x0, x0 + width - 1, 3).round())
+        axis.set_yticks(np.linspace(y0, y0 + height - 1, 3).round())
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def comparison_figure(truth, reconstructions: dict, path: str | Path) -> None:
+    """Truth, each reconstruction and its difference from the truth, amplitude and phase rows.
+
+    Reconstructions are shown after removing the global phase offset and amplitude scale
+    against the truth (when there is one), fitted on their scanned region.
+    """
+    columns = ([("truth", truth)] if truth is not None else []) + [(name, rec.object) for name, rec in reconstructions.items()]
+    if truth is not None:
+        columns += [(f"{name} - truth", None) for name in reconstructions]
+    figure, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 8), squeeze=False)
+    for index, (name, image) in enumerate(columns):
+        if image is None:
+            rec = reconstructions[name.split(" - ")[0]]
+            aligned = _roughly_aligned(rec.object, truth, rec.coverage)
+            amplitude = np.abs(aligned) - np.abs(truth)
+            phase = np.angle(aligned * np.conj(truth))
+            cmap_amplitude, cmap_phase = "RdBu", "RdBu"
+        else:
+            if truth is not None and name != "truth":
+                rec = reconstructions[name]
+                image = _roughly_aligned(image, truth, rec.coverage)
+            amplitude, phase = np.abs(image), np.angle(image)
+            cmap_amplitude, cmap_phase = "gray", "twilight"
+        _show(axes[0, index], amplitude, f"{name}: amplitude", cmap=cmap_amplitude)
+        _show(axes[1, index], phase, f"{name}: phase (rad)", cmap=cmap_phase)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _roughly_aligned(image: np.ndarray, truth: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """The reconstruction with phase offset and amplitude scale fitted on its scanned region."""
+    aligned, _ = metrics.align(image, truth, metrics.scanned_region(coverage))
+    return np.where(coverage > 0, aligned, np.nan)  # uncovered pixels are not shown
