@@ -63,7 +63,10 @@ def scanned_region(coverage: np.ndarray, fraction: float = 0.5, margin_px: int =
     """The well-covered part of the object: where metrics are meaningful.
 
     coverage: (H, W) real, >= 0, e.g. the sum of |probe|^2 (or of window counts) over the scan.
-    A pixel is in the region when ``coverage >= fraction * coverage.max()``. The region is then
+    A pixel is in the region when ``coverage >= fraction * level``, with ``level`` the 90th
+    percentile of the covered (> 0) pixels rather than the maximum: probe-intensity weighted
+    coverage has sharp peaks where scan points crowd, and a peak would shrink the region to a
+    few pixels. Holes inside the region (dips between scan points) are filled. The region is then
     eroded by ``margin_px`` pixels with a disk of that radius (``scipy.ndimage.binary_erosion``,
     outside of the array counts as not covered): a pixel survives only if every pixel within
     Euclidean distance ``margin_px`` of it is in the region. A 20 x 20 square with
@@ -83,7 +86,8 @@ def scanned_region(coverage: np.ndarray, fraction: float = 0.5, margin_px: int =
     peak = float(coverage.max()) if coverage.size else 0.0
     if peak <= 0.0:
         raise MetricsError(f"coverage: maximum is {peak}; no pixel was scanned")
-    region = coverage >= fraction * peak
+    level = float(np.percentile(coverage[coverage > 0], 90))
+    region = ndimage.binary_fill_holes(coverage >= fraction * level)
     margin_px = int(margin_px)
     if margin_px > 0:
         offsets = np.arange(-margin_px, margin_px + 1)

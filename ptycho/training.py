@@ -133,7 +133,7 @@ def fit(
         logger=CSVLogger(checkpoint_dir, name="logs"),
         callbacks=[
             EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
-            ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0),
+            ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, enable_version_counter=False),
             history,
         ],
         enable_model_summary=False,

@@ -118,6 +118,7 @@ def train(
         np.random.default_rng(train_config.seed),
     )
     amplitudes, offsets = grouped_tensors(train_data.amplitudes, groups)
+    torch.manual_seed(train_config.seed)  # the initial weights are part of a reproducible run
     autoencoder, diffraction_to_obj = build_models(architecture, train_data.probe, intensity_scale_of(train_data.amplitudes))
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume)
     history = _history_csv(result.history)

@@ -46,12 +46,21 @@ def test_fourier_move_helper_moves_a_bright_pixel_by_plus_shift():
 # ---- scanned_region -------------------------------------------------------------------------
 
 
-def test_scanned_region_keeps_pixels_at_or_above_the_fraction_of_the_maximum():
-    coverage = np.arange(10.0).reshape(1, 10) * np.ones((3, 1))  # 0 ... 9 along the columns
+def test_scanned_region_keeps_pixels_at_or_above_the_fraction_of_the_90th_percentile():
+    coverage = np.arange(11.0).reshape(1, 11) * np.ones((3, 1))  # 0 ... 10 along the columns
+    level = np.percentile(coverage[coverage > 0], 90)  # 9.1
     region = metrics.scanned_region(coverage, fraction=0.5)
     assert region.dtype == bool
-    np.testing.assert_array_equal(region[1], coverage[1] >= 4.5)
-    assert metrics.scanned_region(coverage, fraction=1.0).sum() == 3  # only the maximum column
+    np.testing.assert_array_equal(region[1], coverage[1] >= 0.5 * level)
+    assert metrics.scanned_region(coverage, fraction=1.0).sum() == 3  # only the 10s column
+
+
+def test_scanned_region_ignores_a_sharp_peak_and_fills_dips():
+    coverage = np.ones((30, 30))
+    coverage[15, 15] = 50.0  # crowded scan points
+    coverage[8, 8] = 0.2  # a dip between scan points
+    region = metrics.scanned_region(coverage, fraction=0.5)
+    assert region.all()
 
 
 def test_scanned_region_margin_erodes_by_that_many_pixels():

@@ -1,0 +1,93 @@
+"""The pipeline through DVC in a temporary git repository, on CI-sized parameters."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptycho.bundle import load_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "prepare": {"N": 32, "train_object_px": 96, "test_object_px": 72, "step_px": 5.0, "probe_diameter_px": 8.0, "feature_px": 4.0, "nphotons": 1e5},
+    "model": {"n_filters_scale": 0.125},
+    "train": {"epochs": 2},
+    "infer": {},
+    "evaluate": {"margin_px": 2},
+    "check": {},
+}
+
+# A training step with the legacy bug this project exists to avoid: it fits, then never saves.
+TRAIN_WITHOUT_SAVE = '''
+import sys
+import numpy as np
+from ptycho import config, training
+from ptycho.data import load_dataset
+from ptycho.grouping import grouped_tensors, make_groups
+from ptycho.model import Architecture, build_models, intensity_scale_of
+data = load_dataset("data/prepared/train.npz")
+model_config, train_config = config.load_section("params.yaml", "model"), config.load_section("params.yaml", "train")
+groups = make_groups(data.xcoords, data.ycoords, 1, 1, np.random.default_rng(0))
+amplitudes, offsets = grouped_tensors(data.amplitudes, groups)
+autoencoder, _ = build_models(Architecture(data.pattern_size, 1, model_config.n_filters_scale), data.probe, intensity_scale_of(data.amplitudes))
+training.fit(autoencoder, amplitudes, offsets, train_config, "models/checkpoints")
+print("trained; bundle not written")
+'''
+
+
+def make_repository(folder: Path) -> None:
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, folder / name)
+    for tree in ("stages", "ptycho"):
+        shutil.copytree(ROOT / tree, folder / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, overrides in SMALL.items():
+        params[section].update(overrides)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=folder, check=True, env=environment())
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=folder, check=True, env=environment())
+
+
+def environment() -> dict:
+    # the stages run `python`: make it this interpreter, which has ptycho installed
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.org"}
+
+
+def dvc(folder: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *arguments], cwd=folder, capture_output=True, text=True, env=environment())
+
+
+def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
+    make_repository(tmp_path)
+    first = dvc(tmp_path, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("prepare", "train", "infer", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    load_bundle(tmp_path / "models" / "wts.h5.zip")
+    assert (tmp_path / "results" / "reconstruction.npz").is_file()
+    shown = dvc(tmp_path, "metrics", "show")
+    assert "pinn.amplitude.ssim" in shown.stdout
+    second = dvc(tmp_path, "repro")
+    assert second.returncode == 0 and "Running stage" not in second.stdout
+    checked = subprocess.run([sys.executable, "-m", "ptycho.cli", "check"], cwd=tmp_path, capture_output=True, text=True, env=environment())
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_train_step_that_skips_the_save_fails_the_pipeline_at_train(tmp_path):
+    make_repository(tmp_path)
+    (tmp_path / "stages" / "train.py").write_text(TRAIN_WITHOUT_SAVE)
+    result = dvc(tmp_path, "repro")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Running stage 'train'" in output and "wts.h5.zip" in output
+    assert "does not exist" in output or "missing" in output
+    for later in ("infer", "evaluate"):
+        assert f"Running stage '{later}'" not in output
+    assert not (tmp_path / "results").exists()
