@@ -149,9 +149,11 @@ class InferConfig:
 
     batch_size: int = 64  # groups per forward pass; memory is the canvas plus one batch
     seed: int = 1  # grouping of the test positions (gridsize > 1)
+    phase_sync_passes: int = 2  # sweeps that re-match each patch's free phase offset to its neighbours
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.phase_sync_passes >= 0, "infer.phase_sync_passes", f"must be >= 0, got {self.phase_sync_passes}")
 
 
 @dataclass(frozen=True)

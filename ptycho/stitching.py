@@ -46,15 +46,15 @@ class Stitcher:
         self.numerator = torch.zeros(shape[0] * shape[1], dtype=torch.complex64)
         self.denominator = torch.zeros(shape[0] * shape[1], dtype=torch.float32)
 
-    def add(self, patches: torch.Tensor, xcoords: torch.Tensor, ycoords: torch.Tensor) -> None:
-        """Add patches (P, N, N) complex centred at (xcoords, ycoords) (P,)."""
+    def _place(self, patches: torch.Tensor, xcoords: torch.Tensor, ycoords: torch.Tensor):
+        """Flat canvas indices, weighted values and weights of patches (P, N, N) at (x, y) (P,)."""
         height, width = self.box
         cropped = torch.zeros(patches.shape[0], height, width, dtype=torch.complex64)
         cropped[:, :-1, :-1] = patches[:, self.top : self.top + height - 1, self.left : self.left + width - 1]
         x_floor, y_floor = torch.floor(xcoords), torch.floor(ycoords)
         fraction = torch.stack((xcoords - x_floor, ycoords - y_floor), dim=-1).to(torch.float32)
         weights = self.support.expand(patches.shape[0], height, width)
-        shifted_values = physics.translate(cropped * self.support, fraction)
+        shifted_values = physics.translate(cropped * self.support, fraction).to(torch.complex64)
         shifted_weights = physics.translate(weights, fraction)
         # canvas column of cropped pixel c: x_floor - N/2 + left + c - x0
         col0 = (x_floor.long() - self.size // 2 + self.left - self.origin[0]).view(-1, 1, 1)
@@ -63,9 +63,36 @@ class Stitcher:
         cols = col0 + torch.arange(width).view(1, 1, -1)
         if rows.min() < 0 or cols.min() < 0 or rows.max() >= self.shape[0] or cols.max() >= self.shape[1]:
             raise ValueError("patch positions fall outside the stitching canvas")
-        flat = (rows * self.shape[1] + cols).reshape(-1)
-        self.numerator.index_add_(0, flat, shifted_values.reshape(-1).to(torch.complex64))
-        self.denominator.index_add_(0, flat, shifted_weights.reshape(-1))
+        return rows * self.shape[1] + cols, shifted_values, shifted_weights
+
+    def add(self, patches: torch.Tensor, xcoords: torch.Tensor, ycoords: torch.Tensor) -> None:
+        """Add patches (P, N, N) complex centred at (xcoords, ycoords) (P,)."""
+        flat, values, weights = self._place(patches, xcoords, ycoords)
+        self.numerator.index_add_(0, flat.reshape(-1), values.reshape(-1))
+        self.denominator.index_add_(0, flat.reshape(-1), weights.reshape(-1))
+
+    def rephase(
+        self, patches: torch.Tensor, xcoords: torch.Tensor, ycoords: torch.Tensor, current_phase: torch.Tensor
+    ) -> torch.Tensor:
+        """Re-align the phase of patches already added with phases ``current_phase`` (P,).
+
+        A far-field pattern does not fix the constant phase of its object patch, so each
+        predicted patch carries an arbitrary phase offset. The new offset of each patch is the
+        phase that best matches it to the weighted mean of the *other* patches on the canvas,
+        angle(sum(mean_others * conj(w * patch))); patches with no overlap keep their phase.
+        The canvas is updated in place (Gauss-Seidel), and the new phases (P,) are returned.
+        """
+        flat, values, _ = self._place(patches, xcoords, ycoords)
+        own = values * torch.exp(1j * current_phase.to(torch.float32)).view(-1, 1, 1)
+        others = self.numerator[flat] - own
+        denominator = torch.clamp(self.denominator[flat], min=1e-3)
+        match = (others / denominator * values.conj()).sum(dim=(-2, -1))
+        strength = (values.abs() ** 2).sum(dim=(-2, -1))
+        overlapping = match.abs() > 1e-3 * strength
+        new_phase = torch.where(overlapping, torch.angle(match), current_phase.to(torch.float32))
+        change = values * torch.exp(1j * new_phase).view(-1, 1, 1) - own
+        self.numerator.index_add_(0, flat.reshape(-1), change.reshape(-1))
+        return new_phase
 
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """(object (H, W) complex64, coverage (H, W) float32): weighted mean, zero where uncovered."""

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ptycho import figures, metrics, physics, training
-from ptycho.bundle import Bundle, load_bundle, save_bundle
+from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
-from ptycho.errors import BundleError, DataError, PtychoError
+from ptycho.errors import DataError, PtychoError
 from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
-from ptycho.stitching import Stitcher, canvas_frame
+from ptycho.inference import reconstruct
 from ptycho.grouping import grouped_tensors, make_groups
 from ptycho.model import Architecture, build_models, intensity_scale_of
 from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
@@ -139,48 +139,6 @@ def train(
     _write_text(history_path, history)
     _write_text(metrics_path, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     return TrainSummary(history=result.history, metrics=metrics)
-
-
-def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
-    """The K used to group positions in training, read from the bundle's config snapshot."""
-    try:
-        return int(json.loads(bundle.extras["config.json"])["model"]["n_neighbours"])
-    except (KeyError, ValueError, TypeError) as error:
-        raise BundleError(f"{path}: member 'config.json' lacks model.n_neighbours, needed to group positions ({error})") from error
-
-
-def reconstruct(bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle_path: str | Path) -> Reconstruction:
-    """Predict object patches for every group of the scan in batches and stitch them.
-
-    Memory is the stitching canvas plus one batch: groups are gathered batch by batch. For
-    gridsize > 1 each position appears in several groups and all its predictions are averaged.
-    """
-    size = bundle.architecture.N
-    if data.pattern_size != size:
-        raise DataError(f"test data: key 'diffraction': patterns are {data.pattern_size} px, the model in {bundle_path} expects {size} px")
-    n_neighbours = _n_neighbours(bundle, bundle_path) if bundle.architecture.gridsize > 1 else 1
-    groups = make_groups(data.xcoords, data.ycoords, bundle.architecture.gridsize, n_neighbours, np.random.default_rng(config.seed))
-    origin, shape = canvas_frame(data.xcoords, data.ycoords, size)
-    # Each predicted pixel counts with the probe intensity that lit it (as in ePIE's object
-    # update): a patch's dimly lit border is poorly determined by its one pattern. Measured on
-    # the default data: amplitude SSIM 0.30 with uniform weights, 0.69 with |P|**2 weights.
-    illumination = torch.from_numpy(np.abs(bundle.probe).astype(np.float32)) ** 2
-    weights = bundle.diffraction_to_obj.support * illumination / illumination.max()
-    stitcher = Stitcher(origin, shape, weights)
-    model = bundle.diffraction_to_obj.eval()
-    with torch.inference_mode():
-        for start in range(0, groups.n_groups, config.batch_size):
-            batch = groups.indices[start : start + config.batch_size]
-            amplitudes = torch.from_numpy(np.ascontiguousarray(data.amplitudes[batch], dtype=np.float32))
-            offsets = torch.from_numpy(groups.offsets_xy[start : start + config.batch_size].astype(np.float32))
-            patches = model(amplitudes, offsets)
-            stitcher.add(
-                patches.reshape(-1, size, size),
-                torch.from_numpy(data.xcoords[batch].reshape(-1)),
-                torch.from_numpy(data.ycoords[batch].reshape(-1)),
-            )
-    obj, coverage = stitcher.result()
-    return Reconstruction(obj, origin, coverage, method="pinn")
 
 
 def infer(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho import workflows
+from ptycho import inference, workflows
 from ptycho.bundle import Bundle, load_bundle
 from ptycho.config import InferConfig
 from ptycho.data import PtychoDataset, load_dataset
@@ -58,8 +58,8 @@ def test_pattern_size_mismatch_is_a_clear_error(evaluated_run, tmp_path, small_i
 
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_large_scan_is_predicted_in_bounded_batches(gridsize, monkeypatch):
-    # 3000 positions: the model and the stitcher only ever see one batch; the only array that
-    # grows with the scan area is the canvas.
+    # 3000 positions: the model and the stitcher only ever see one batch; the arrays that grow
+    # are the canvas (with the scan area) and one phase per patch.
     size, batch_size = 32, 64
     rng = np.random.default_rng(0)
     count = 3000
@@ -73,7 +73,8 @@ def test_large_scan_is_predicted_in_bounded_batches(gridsize, monkeypatch):
     add = Stitcher.add
     monkeypatch.setattr(type(diffraction_to_obj), "forward", lambda self, a, o: seen_model.append(a.shape[0]) or forward(self, a, o))
     monkeypatch.setattr(Stitcher, "add", lambda self, p, x, y: seen_stitcher.append(p.shape[0]) or add(self, p, x, y))
-    reconstruction = workflows.reconstruct(bundle, data, InferConfig(batch_size=batch_size), "bundle")
-    assert max(seen_model) <= batch_size and sum(seen_model) == count
+    reconstruction = inference.reconstruct(bundle, data, InferConfig(batch_size=batch_size, phase_sync_passes=2), "bundle")
+    # phase synchronisation re-runs the network (one placing sweep + 2 passes) instead of keeping patches
+    assert max(seen_model) <= batch_size and sum(seen_model) == 3 * count
     assert max(seen_stitcher) <= batch_size * gridsize**2
     assert reconstruction.object.shape == canvas_frame(xcoords, ycoords, size)[1]

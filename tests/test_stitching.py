@@ -70,3 +70,37 @@ def test_positions_outside_the_canvas_are_refused():
     stitcher = Stitcher((0, 0), (40, 40), torch.ones(16, 16))
     with pytest.raises(ValueError, match="outside"):
         stitcher.add(torch.zeros(1, 16, 16, dtype=torch.complex64), torch.tensor([35.0]), torch.tensor([20.0]))
+
+
+def test_rephase_removes_random_per_patch_phase_offsets():
+    # Exact patches, each with an arbitrary phase offset (what a far-field pattern cannot fix):
+    # placed from the centre outwards and synchronised, the mosaic equals the object up to one
+    # global phase.
+    rng = np.random.default_rng(2)
+    obj = (np.exp(1j * gaussian_random_field((96, 96), 5.0, rng))).astype(np.complex64)
+    ticks = np.arange(24.0, 73.0, 6.0)
+    xcoords, ycoords = (a.ravel() for a in np.meshgrid(ticks, ticks))
+    patches = physics.extract_patches(torch.from_numpy(obj), torch.from_numpy(xcoords), torch.from_numpy(ycoords), 32)
+    patches = patches * torch.exp(1j * torch.from_numpy(rng.uniform(-np.pi, np.pi, len(xcoords))).float()).view(-1, 1, 1)
+    origin, shape = canvas_frame(xcoords, ycoords, 32)
+    x, y = torch.from_numpy(xcoords), torch.from_numpy(ycoords)
+
+    def phase_error(stitched, coverage):
+        x0, y0 = origin
+        truth = obj[y0 : y0 + shape[0], x0 : x0 + shape[1]]
+        well = coverage > 0.5 * coverage.max()
+        offset = np.angle(np.sum(truth[well] * np.conj(stitched[well])))
+        return np.abs(np.angle(stitched[well] * np.exp(1j * offset) * np.conj(truth[well]))).mean()
+
+    plain = Stitcher(origin, shape, central_support(32))
+    plain.add(patches, x, y)
+    synced = Stitcher(origin, shape, central_support(32))
+    phases = torch.zeros(len(xcoords))
+    for index in np.argsort(np.hypot(xcoords - 48, ycoords - 48), kind="stable"):  # centre outwards
+        one = slice(index, index + 1)
+        synced.add(patches[one], x[one], y[one])
+        phases[one] = synced.rephase(patches[one], x[one], y[one], phases[one])
+    for _ in range(2):
+        phases = synced.rephase(patches, x, y, phases)
+    assert phase_error(*plain.result()) > 0.5
+    assert phase_error(*synced.result()) < 0.05
