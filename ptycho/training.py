@@ -45,8 +45,9 @@ class PINNModule(L.LightningModule):
         mae = physics.amplitude_mae(predicted, amplitudes)
         loss = nll if self.loss_kind is LossKind.POISSON else mae
         batch_size = amplitudes.shape[0]
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log(f"{stage}_amplitude_mae", mae, on_step=False, on_epoch=True, batch_size=batch_size)
+        # sync_dist: under DDP every rank logs the loss averaged over all ranks (no-op on one device)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log(f"{stage}_amplitude_mae", mae, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_index):
@@ -87,6 +88,7 @@ class FitResult:
     history: list[dict[str, float]]  # one row per epoch
     best_val_loss: float
     epochs_run: int
+    is_global_zero: bool  # False on the other ranks of a multi-GPU (DDP) run: they write nothing
 
 
 def split_train_val(n_groups: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +130,8 @@ def fit(
         devices=_devices(config.devices),
         strategy=config.strategy,
         precision=config.precision,
-        deterministic=True,
+        # grid_sample's backward has no deterministic CUDA kernel: insist on the CPU, warn on GPUs.
+        deterministic=True if config.accelerator == "cpu" else "warn",
         num_sanity_val_steps=0,
         logger=CSVLogger(checkpoint_dir, name="logs"),
         callbacks=[
@@ -144,7 +147,10 @@ def fit(
     if history.best_state is not None:
         autoencoder.load_state_dict(history.best_state)
     autoencoder.cpu().eval()
-    return FitResult(history=history.rows, best_val_loss=history.best_loss, epochs_run=len(history.rows))
+    return FitResult(
+        history=history.rows, best_val_loss=history.best_loss, epochs_run=len(history.rows),
+        is_global_zero=trainer.is_global_zero,
+    )
 
 
 def _devices(devices: str) -> int | str | list[int]:

@@ -121,6 +121,8 @@ def train(
     torch.manual_seed(train_config.seed)  # the initial weights are part of a reproducible run
     autoencoder, diffraction_to_obj = build_models(architecture, train_data.probe, intensity_scale_of(train_data.amplitudes))
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume)
+    if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
+        return TrainSummary(history=result.history, metrics={})
     history = _history_csv(result.history)
     config_snapshot = json.dumps(
         {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, sort_keys=True, indent=2, default=str
@@ -146,7 +148,6 @@ def infer(
     reconstruction_path: str | Path, figure_path: str | Path, stats_path: str | Path,
 ) -> Reconstruction:
     """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
     reconstruction = reconstruct(bundle, test_data, config, bundle_path)
