@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+import numpy as np
 import yaml
 
 from ptycho.errors import ConfigError
@@ -186,6 +188,66 @@ class CheckConfig:
         _require(self.max_r_factor > 0, "check.max_r_factor", f"must be > 0, got {self.max_r_factor}")
 
 
+class Algorithm(str, enum.Enum):
+    EPIE = "epie"
+    RPIE = "rpie"
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """`baseline:` section, the settings of ``ptycho.baseline.run_baseline``; checked on construction.
+
+    algorithm: "epie" or "rpie" (see the module docstring for the updates).
+    iterations: sweeps over all positions (>= 1).
+    batch_size: positions computed against the same estimate before it is updated; 1 is the
+        sequential reference, larger is the compact/parallel variant (faster per sweep).
+    object_step: α, object step (dimensionless, > 0; 1 is the published ePIE/rPIE step).
+    probe_step: β, probe step (dimensionless, > 0).
+    update_probe: refine the probe too (default: the data's probe is known and kept).
+    rpie_alpha: a in (0, 1], rPIE's mix of |P|² and max|P|² in the denominator (paper: 0.05 to 0.25).
+    seed: seed of the random order of the positions (a new permutation each sweep).
+    """
+
+    algorithm: Algorithm = Algorithm.EPIE
+    iterations: int = 50
+    batch_size: int = 1
+    object_step: float = 1.0
+    probe_step: float = 1.0
+    update_probe: bool = False
+    rpie_alpha: float = 0.05
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        allowed = [member.value for member in Algorithm]
+        if isinstance(self.algorithm, str) and self.algorithm in allowed:
+            object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
+        else:
+            raise ConfigError(f"baseline.algorithm: allowed values are {allowed}; got {self.algorithm!r}")
+        self.check()
+
+    def check(self) -> None:
+        def integer(key: str) -> int:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"baseline.{key}: expected an integer, got {value!r}")
+            return int(value)
+
+        def require(condition: bool, key: str, message: str) -> None:
+            if not condition:
+                raise ConfigError(f"baseline.{key}: {message}")
+
+        require(integer("iterations") >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(integer("batch_size") >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        integer("seed")
+        for key in ("object_step", "probe_step"):
+            value = getattr(self, key)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key,
+                    f"must be a finite number > 0, got {value!r}")
+        require(isinstance(self.rpie_alpha, (int, float)) and 0.0 < self.rpie_alpha <= 1.0, "rpie_alpha",
+                f"must be in (0, 1], got {self.rpie_alpha!r}")
+        require(isinstance(self.update_probe, bool), "update_probe", f"expected true or false, got {self.update_probe!r}")
+
+
 Section = TypeVar("Section")
 
 
@@ -245,6 +307,7 @@ SECTIONS: dict[str, type] = {
     "infer": InferConfig,
     "evaluate": EvaluateConfig,
     "check": CheckConfig,
+    "baseline": BaselineConfig,
 }
 
 
