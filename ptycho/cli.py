@@ -34,10 +34,22 @@ def _infer(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     evaluate_config = config.load_section(args.params, "evaluate")
-    report = workflows.evaluate(load_dataset(args.test_data), args.reconstruction, evaluate_config, args.metrics, args.frc, args.figure)
-    shown = ("amplitude.ssim", "phase.ssim", "amplitude.pearson", "frc.resolution_px_0.5", "data.r_factor")
+    reconstructions = {"pinn": args.reconstruction}
+    stats = {"pinn": args.infer_stats} if args.infer_stats else {}
+    if args.baseline:
+        reconstructions["baseline"] = args.baseline
+        if args.baseline_stats:
+            stats["baseline"] = args.baseline_stats
+    report = workflows.evaluate(load_dataset(args.test_data), reconstructions, stats, evaluate_config, args.metrics, args.frc, args.figure)
+    shown = ("amplitude.ssim", "phase.ssim", "amplitude.pearson", "frc.resolution_px_0.5", "data.r_factor", "wall_time_s")
     for method, values in report.items():
         print(f"evaluate: {method}: " + ", ".join(f"{key}={values[key]:.4g}" for key in shown if key in values))
+
+
+def _baseline(args: argparse.Namespace) -> None:
+    baseline_config = config.load_section(args.params, "baseline")
+    errors = workflows.baseline(load_dataset(args.test_data), baseline_config, args.reconstruction, args.history, args.stats, args.figure)
+    print(f"baseline: wrote {args.reconstruction}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} iterations")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -85,10 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--params", default="params.yaml", help="parameter file (section evaluate)")
     evaluate.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ (ground truth, measured data)")
     evaluate.add_argument("--reconstruction", default="results/reconstruction.npz", help="reconstruction to score")
+    evaluate.add_argument("--infer-stats", default="", help="timings of the network inference (JSON), merged into its metrics")
+    evaluate.add_argument("--baseline", default="", help="iterative reconstruction to score beside the network's (optional)")
+    evaluate.add_argument("--baseline-stats", default="", help="timings of the iterative run (JSON)")
     evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write")
     evaluate.add_argument("--frc", default="results/frc.csv", help="FRC curve to write")
     evaluate.add_argument("--figure", default="results/comparison.png", help="truth/reconstruction/difference PNG")
     evaluate.set_defaults(run=_evaluate)
+
+    baseline = commands.add_parser("baseline", help="iterative reference reconstruction (ePIE/rPIE) of the test scan")
+    baseline.add_argument("--params", default="params.yaml", help="parameter file (section baseline)")
+    baseline.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
+    baseline.add_argument("--reconstruction", default="results/baseline.npz", help="reconstruction to write")
+    baseline.add_argument("--history", default="results/baseline_history.csv", help="error metric per iteration (CSV)")
+    baseline.add_argument("--stats", default="results/baseline_stats.json", help="timing (JSON)")
+    baseline.add_argument("--figure", default="results/baseline.png", help="amplitude/phase PNG to write")
+    baseline.set_defaults(run=_baseline)
 
     check = commands.add_parser("check", help="verify the pipeline's artifacts and metric thresholds (for CI)")
     check.add_argument("--params", default="params.yaml", help="parameter file (section check)")

@@ -15,7 +15,8 @@ import torch
 
 from ptycho import figures, metrics, physics, training
 from ptycho.bundle import load_bundle, save_bundle
-from ptycho.config import CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
+from ptycho.baseline import run_baseline
+from ptycho.config import BaselineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
 from ptycho.errors import DataError, PtychoError
 from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
 from ptycho.inference import reconstruct
@@ -81,8 +82,9 @@ class TrainSummary:
     metrics: dict[str, float]
 
 
-def _history_csv(rows: list[dict[str, float]]) -> bytes:
-    columns = sorted({key for row in rows for key in row}, key=lambda key: (key != "epoch", key))
+def _csv_bytes(rows: list[dict[str, float]]) -> bytes:
+    """Rows as CSV; columns in the order they first appear."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -123,7 +125,7 @@ def train(
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
         return TrainSummary(history=result.history, metrics={})
-    history = _history_csv(result.history)
+    history = _csv_bytes(result.history)
     config_snapshot = json.dumps(
         {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, sort_keys=True, indent=2, default=str
     ).encode()
@@ -190,35 +192,63 @@ def data_consistency(reconstruction: Reconstruction, data: PtychoDataset) -> dic
     }
 
 
-def score(reconstruction: Reconstruction, data: PtychoDataset, config: EvaluateConfig, source: str):
-    """All metrics of one reconstruction: against the truth when the data have one, and always
-    against the measured diffraction. Returns (metrics, FRC curve or None, aligned truth window)."""
+def common_region(reconstructions: dict[str, Reconstruction], config: EvaluateConfig) -> np.ndarray:
+    """Pixels in the scanned region of every reconstruction: all methods are scored on one region."""
+    regions = [metrics.scanned_region(rec.coverage, config.coverage_fraction, config.margin_px) for rec in reconstructions.values()]
+    return np.logical_and.reduce(regions)
+
+
+def score(
+    reconstruction: Reconstruction, data: PtychoDataset, region: np.ndarray | None, config: EvaluateConfig, source: str
+):
+    """All metrics of one reconstruction: against the truth on ``region`` when the data have one,
+    and always against the measured diffraction. Returns (metrics, FRC curve or None)."""
     results: dict[str, float] = {f"data.{key}": value for key, value in data_consistency(reconstruction, data).items()}
     curve = None
-    truth = None
     if data.object is not None:
         truth = reconstruction.truth_window(data.object, source)
+        # The region is passed as a 0/1 coverage map: metrics.scanned_region gives it back as it is.
         compared, curve = metrics.compare(
-            reconstruction.object, truth, reconstruction.coverage,
-            fraction=config.coverage_fraction, margin_px=config.margin_px,
+            reconstruction.object, truth, region.astype(np.float32), fraction=0.5, margin_px=0,
             remove_phase_ramp=config.remove_phase_ramp, register=config.register,
         )
         results.update(compared)
-    return results, curve, truth
+    return results, curve
+
+
+LABELS = {"pinn": "network", "baseline": "iterative"}
 
 
 def evaluate(
-    test_data: PtychoDataset, reconstruction_path: str | Path, config: EvaluateConfig,
-    metrics_path: str | Path, frc_path: str | Path, figure_path: str | Path,
+    test_data: PtychoDataset, reconstruction_paths: dict[str, str | Path], stats_paths: dict[str, str | Path],
+    config: EvaluateConfig, metrics_path: str | Path, frc_path: str | Path, figure_path: str | Path,
 ) -> dict:
-    """Score the network's reconstruction; write metrics.json, the FRC curve CSV and a figure."""
-    reconstruction = load_reconstruction(reconstruction_path)
-    results, curve, truth = score(reconstruction, test_data, config, str(reconstruction_path))
-    report = {"pinn": results}
+    """Score each reconstruction (``pinn``, and ``baseline`` when given) on one common region.
+
+    Writes metrics.json with one section per method (the timings of its stats file merged in),
+    the FRC curves as one CSV and a truth / reconstructions / differences figure.
+    """
+    reconstructions = {method: load_reconstruction(path) for method, path in reconstruction_paths.items()}
+    shapes = {method: (rec.origin, rec.object.shape) for method, rec in reconstructions.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"reconstructions: key 'origin': the methods' canvases differ ({shapes}); they must come from the same test scan")
+    region = common_region(reconstructions, config) if test_data.object is not None else None
+    report: dict[str, dict] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for method, reconstruction in reconstructions.items():
+        results, curve = score(reconstruction, test_data, region, config, str(reconstruction_paths[method]))
+        if method in stats_paths:
+            stats = json.loads(Path(stats_paths[method]).read_text())
+            results.update({"wall_time_s": stats["wall_time_s"], "patterns_per_s": stats["patterns_per_s"]})
+        report[method] = results
+        if curve is not None:
+            curves[method] = curve
     _write_text(metrics_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
-    rows = [] if curve is None else [{"frequency_per_px": float(f), "pinn": float(v)} for f, v in zip(*curve)]
-    _write_text(frc_path, _history_csv(rows) if rows else b"frequency_per_px,pinn\n")
-    figures.comparison_figure(truth, {"network": reconstruction}, figure_path)
+    frequencies = next(iter(curves.values()))[0] if curves else []
+    rows = [{"frequency_per_px": float(f), **{m: float(curve[1][i]) for m, curve in curves.items()}} for i, f in enumerate(frequencies)]
+    _write_text(frc_path, _csv_bytes(rows) if rows else ("frequency_per_px," + ",".join(reconstructions) + "\n").encode())
+    truth = None if test_data.object is None else next(iter(reconstructions.values())).truth_window(test_data.object, "test data")
+    figures.comparison_figure(truth, {LABELS.get(m, m): rec for m, rec in reconstructions.items()}, figure_path)
     return report
 
 
@@ -276,3 +306,20 @@ def check(
             if not ok:
                 failures.append(f"threshold: pinn {key} = {value:.4f}, required {relation} {limit} (params.yaml check:)")
     return failures
+
+
+def baseline(
+    test_data: PtychoDataset, config: BaselineConfig, reconstruction_path: str | Path,
+    history_path: str | Path, stats_path: str | Path, figure_path: str | Path,
+) -> list[float]:
+    """Iterative reference reconstruction of the test scan, in the network's output format."""
+    started = time.perf_counter()
+    reconstruction, errors = run_baseline(test_data, config)
+    seconds = time.perf_counter() - started
+    save_reconstruction(reconstruction, reconstruction_path)
+    figures.reconstruction_figure(reconstruction, figure_path, f"iterative reconstruction ({reconstruction.method})")
+    _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
+    stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
+             "iterations": config.iterations, "final_error": errors[-1]}
+    _write_text(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    return errors

@@ -58,5 +58,8 @@ def evaluated_run(trained_run, small_infer_config, small_evaluate_config):
     folder = trained_run.folder
     test = load_dataset(trained_run.test_path)
     workflows.infer(test, trained_run.bundle_path, small_infer_config, folder / "reconstruction.npz", folder / "reconstruction.png", folder / "infer_stats.json")
-    report = workflows.evaluate(test, folder / "reconstruction.npz", small_evaluate_config, folder / "metrics.json", folder / "frc.csv", folder / "comparison.png")
+    report = workflows.evaluate(
+        test, {"pinn": folder / "reconstruction.npz"}, {"pinn": folder / "infer_stats.json"},
+        small_evaluate_config, folder / "metrics.json", folder / "frc.csv", folder / "comparison.png",
+    )
     return trained_run, report

@@ -20,6 +20,7 @@ SMALL = {
     "infer": {},
     "evaluate": {"margin_px": 2},
     "check": {},
+    "baseline": {"iterations": 5, "batch_size": 16},
 }
 
 # A training step with the legacy bug this project exists to avoid: it fits, then never saves.
@@ -68,12 +69,12 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
     make_repository(tmp_path)
     first = dvc(tmp_path, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("prepare", "train", "infer", "evaluate"):
+    for stage in ("prepare", "train", "infer", "baseline", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     load_bundle(tmp_path / "models" / "wts.h5.zip")
     assert (tmp_path / "results" / "reconstruction.npz").is_file()
     shown = dvc(tmp_path, "metrics", "show")
-    assert "pinn.amplitude.ssim" in shown.stdout
+    assert "pinn.amplitude.ssim" in shown.stdout and "baseline.amplitude.ssim" in shown.stdout
     second = dvc(tmp_path, "repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout
     checked = subprocess.run([sys.executable, "-m", "ptycho.cli", "check"], cwd=tmp_path, capture_output=True, text=True, env=environment())
@@ -90,4 +91,5 @@ def test_a_train_step_that_skips_the_save_fails_the_pipeline_at_train(tmp_path):
     assert "does not exist" in output or "missing" in output
     for later in ("infer", "evaluate"):
         assert f"Running stage '{later}'" not in output
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results" / "reconstruction.npz").exists()
+    assert not (tmp_path / "results" / "metrics.json").exists()
