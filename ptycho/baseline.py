@@ -65,6 +65,7 @@ else recomputed per batch).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -174,7 +175,10 @@ def _flat_windows(
 
 
 def run_baseline(
-    data: PtychoDataset, settings: BaselineConfig, progress: bool = True
+    data: PtychoDataset,
+    settings: BaselineConfig,
+    progress: bool = True,
+    on_iteration: Callable[[int, torch.Tensor], bool] | None = None,
 ) -> tuple[Reconstruction, list[float]]:
     """Reconstruct the object of a scan by ePIE/rPIE (module docstring) from a flat object.
 
@@ -186,6 +190,8 @@ def run_baseline(
     sqrt(Σ (|F| - A)² / Σ A²) of sweep i over all patterns, each pattern's |F| taken from the
     estimate in use when that pattern was processed *during* the sweep (no extra forward pass;
     the estimate after the last sweep is slightly better than errors[-1] says).
+    ``on_iteration(sweeps_done, object)``, if given, sees the canvas object (H, W) after each
+    sweep (not to be modified) and stops the run early by returning True (for benchmarks).
     """
     if not isinstance(settings, BaselineConfig):
         raise ConfigError(f"baseline: expected BaselineConfig, got {type(settings).__name__}")
@@ -255,6 +261,8 @@ def run_baseline(
                 probe = probe + weight(probe_illumination, settings.probe_step, settings.rpie_alpha) * gradient
         errors.append(math.sqrt(misfit / total_energy))
         sweeps.set_postfix(error=f"{errors[-1]:.4g}")
+        if on_iteration is not None and on_iteration(len(errors), obj):
+            break
 
     probes_final = cache if cache is not None else fourier_translate(probe, remainder_t)
     coverage = torch.zeros(height * width, dtype=torch.float32)

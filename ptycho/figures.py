@@ -92,8 +92,11 @@ def comparison_figure(truth, reconstructions: dict, path: str | Path) -> None:
                 image = _roughly_aligned(image, truth, rec.coverage)
             amplitude, phase = np.abs(image), np.angle(image)
             cmap_amplitude, cmap_phase = "gray", "twilight"
-        _show(axes[0, index], amplitude, f"{name}: amplitude", cmap=cmap_amplitude)
-        _show(axes[1, index], phase, f"{name}: phase (rad)", cmap=cmap_phase)
+        limits = [{}, {}]
+        if image is None:  # differences: a symmetric colour scale, so that white means zero
+            limits = [{"vmin": -v, "vmax": v} for v in (np.nanpercentile(np.abs(d), 99) for d in (amplitude, phase))]
+        _show(axes[0, index], amplitude, f"{name}: amplitude", cmap=cmap_amplitude, **limits[0])
+        _show(axes[1, index], phase, f"{name}: phase (rad)", cmap=cmap_phase, **limits[1])
     figure.tight_layout()
     _save(figure, path)
 

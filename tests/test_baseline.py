@@ -273,3 +273,15 @@ def test_progress_bar_shows_the_error(capsys):
 def test_run_baseline_refuses_something_else_than_settings(scan):
     with pytest.raises(ConfigError, match="BaselineConfig"):
         run_baseline(scan, {"algorithm": "epie"}, progress=False)
+
+
+def test_on_iteration_sees_each_sweep_and_can_stop_the_run(scan):
+    seen = []
+
+    def stop_after_three(sweeps, obj):
+        seen.append((sweeps, tuple(obj.shape)))
+        return sweeps == 3
+
+    _, errors = run_baseline(scan, BaselineConfig(algorithm="rpie", iterations=20, batch_size=16), progress=False, on_iteration=stop_after_three)
+    assert [sweeps for sweeps, _ in seen] == [1, 2, 3] and len(errors) == 3
+    assert seen[0][1] == canvas_frame(scan.xcoords, scan.ycoords, scan.pattern_size)[1]
