@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         sweeps, _, last = runs[0]
         seconds = statistics.median(run[1] for run in runs)
         entry = {"batch_size": settings.batch_size, "sweeps_to_match": sweeps, "seconds_to_match_median": round(seconds, 3),
-                 "time_ratio_to_network": round(seconds / network_s, 1), "ssim_at_stop": list(last)}
+                 "time_ratio_to_network": round(seconds / network_s, 3), "ssim_at_stop": list(last)}
         report[algorithm.value] = entry
         reached = f"{sweeps} sweeps" if sweeps else f"not within {args.max_iterations} sweeps"
         print(f"{algorithm.value} (batch {settings.batch_size}): {reached}, {seconds:.2f} s (median of {len(runs)}), "
-              f"{seconds / network_s:.0f}x the network's inference time; SSIM at stop {last[0]:.3f} / {last[1]:.3f}")
+              f"{seconds / network_s:.2f}x the network's inference time; SSIM at stop {last[0]:.3f} / {last[1]:.3f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     return 0
