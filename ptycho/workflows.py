@@ -10,19 +10,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from ptycho import figures, metrics, physics, training
-from ptycho.bundle import load_bundle, save_bundle
 from ptycho.baseline import run_baseline
+from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import BaselineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
-from ptycho.errors import DataError, PtychoError
-from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
-from ptycho.inference import reconstruct
-from ptycho.grouping import grouped_tensors, make_groups
-from ptycho.model import Architecture, build_models, intensity_scale_of
 from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
+from ptycho.errors import DataError, PtychoError
+from ptycho.grouping import grouped_tensors, make_groups
+from ptycho.inference import reconstruct
+from ptycho.model import Architecture, build_models, intensity_scale_of
+from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
 from ptycho.simulate import simulate_train_test
 
 
@@ -131,7 +130,7 @@ def train(
     ).encode()
     save_bundle(bundle_path, autoencoder, diffraction_to_obj, architecture, extras={"history.csv": history, "config.json": config_snapshot})
     last = result.history[-1]
-    metrics = {
+    final = {
         "final_train_loss": last.get("train_loss", float("nan")),
         "final_val_loss": last.get("val_loss", float("nan")),
         "best_val_loss": result.best_val_loss,
@@ -141,8 +140,8 @@ def train(
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
     _write_text(history_path, history)
-    _write_text(metrics_path, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
-    return TrainSummary(history=result.history, metrics=metrics)
+    _write_text(metrics_path, (json.dumps(final, indent=2, sort_keys=True) + "\n").encode())
+    return TrainSummary(history=result.history, metrics=final)
 
 
 def infer(
