@@ -69,9 +69,11 @@ def make_groups(
     return Groups(indices=indices, offsets_xy=grouped - centres[:, None, :], centres_xy=centres)
 
 
-def grouped_tensors(amplitudes: np.ndarray, groups: Groups) -> tuple[torch.Tensor, torch.Tensor]:
-    """Amplitudes (G, C, N, N) float32 and offsets (G, C, 2) float32 of each group, as tensors."""
+def grouped_tensors(
+    amplitudes: np.ndarray, groups: Groups, selection: np.ndarray | slice = slice(None)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitudes (G, C, N, N) float32 and offsets (G, C, 2) float32 of the selected groups."""
     return (
-        torch.from_numpy(np.ascontiguousarray(amplitudes[groups.indices], dtype=np.float32)),
-        torch.from_numpy(groups.offsets_xy.astype(np.float32)),
+        torch.from_numpy(np.ascontiguousarray(amplitudes[groups.indices[selection]], dtype=np.float32)),
+        torch.from_numpy(groups.offsets_xy[selection].astype(np.float32)),
     )

@@ -16,7 +16,7 @@ from ptycho.bundle import Bundle
 from ptycho.config import InferConfig
 from ptycho.data import PtychoDataset
 from ptycho.errors import BundleError, DataError
-from ptycho.grouping import Groups, make_groups
+from ptycho.grouping import Groups, grouped_tensors, make_groups
 from ptycho.reconstruction import Reconstruction
 from ptycho.stitching import Stitcher, canvas_frame
 
@@ -36,8 +36,7 @@ def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndar
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         indices = groups.indices[chosen]
-        amplitudes = torch.from_numpy(np.ascontiguousarray(data.amplitudes[indices], dtype=np.float32))
-        offsets = torch.from_numpy(groups.offsets_xy[chosen].astype(np.float32))
+        amplitudes, offsets = grouped_tensors(data.amplitudes, groups, chosen)
         patches = bundle.diffraction_to_obj(amplitudes, offsets).reshape(-1, size, size)
         yield (
             slice(start * channels, (start + len(chosen)) * channels),

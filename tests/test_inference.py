@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from ptycho import inference, workflows
-from ptycho.bundle import Bundle, load_bundle
+from ptycho.bundle import Bundle
 from ptycho.config import InferConfig
 from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import DataError

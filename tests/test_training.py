@@ -3,7 +3,6 @@
 import dataclasses
 
 import numpy as np
-import torch
 from torch import nn
 
 from conftest import SMALL_MODEL, SMALL_PREPARE, SMALL_TRAIN
