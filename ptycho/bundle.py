@@ -7,8 +7,13 @@ Layout of the zip, members in this order:
   ({name: sha256 hex} of every other member).
 - ``wts.h5``: HDF5. One group per model, one dataset per ``state_dict()`` entry named by its
   key (dots kept, no subgroups); root attributes ``architecture`` (JSON of
-  ``Architecture.to_dict()``), ``intensity_scale``, ``package_version``, ``format_version``;
-  root dataset ``probe`` (N, N) complex64.
+  ``Architecture.to_dict()``), ``intensity_scale``, ``probe_scale`` (the trained s_p of
+  ``ptycho.model``, also stored as the autoencoder's ``log_probe_scale``), ``package_version``,
+  ``format_version``; root dataset ``probe`` (N, N) complex64 in the training file's units.
+
+Format history: 1 had a photon-calibrated probe, no probe scale, the CNN's keys at the top of
+the network (``encoder.*``), a sigmoid amplitude and an N/2 window; such bundles still load
+(``_upgrade_format1``) and predict exactly as before.
 - extras (e.g. ``history.csv``, ``config.json``), stored byte for byte, sorted by name.
 
 Nothing is pickled: loading reads JSON and HDF5 datasets only and never executes code from the
@@ -38,7 +43,7 @@ from ptycho.files import write_atomically, zip_member
 from ptycho.model import Architecture, build_models
 
 FORMAT = "ptycho-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BACKEND = "pytorch"
 MODEL_NAMES = ("autoencoder", "diffraction_to_obj")
 
@@ -64,7 +69,8 @@ class Bundle:
     diffraction_to_obj: nn.Module
     architecture: Architecture
     intensity_scale: float
-    probe: np.ndarray  # (N, N) complex64, photon-calibrated
+    probe_scale: float  # s_p: probe (file units) x s_p = probe in sqrt(counts)
+    probe: np.ndarray  # (N, N) complex64, calibrated: s_p x the training file's probe
     manifest: dict
     extras: dict[str, bytes]
 
@@ -94,9 +100,10 @@ def save_bundle(
     }
     probe = autoencoder.probe.detach().cpu().to(torch.complex64).contiguous().numpy()
     intensity_scale = float(diffraction_to_obj.intensity_scale.detach().cpu())
+    probe_scale = autoencoder.probe_scale
     # Refuse to write a bundle that load_bundle would reject: same keys and shapes as a fresh
     # model of this architecture.
-    reference = dict(zip(MODEL_NAMES, build_models(architecture, probe, intensity_scale)))
+    reference = dict(zip(MODEL_NAMES, build_models(architecture, probe, intensity_scale, probe_scale)))
     for name in MODEL_NAMES:
         problems = _state_problems(reference[name].state_dict(), states[name])
         if problems:
@@ -105,7 +112,7 @@ def save_bundle(
             )
     _check_shared(f"{path}: cannot save", reference["autoencoder"], reference["diffraction_to_obj"], states)
 
-    weights = _weights_bytes(states, architecture, intensity_scale, probe)
+    weights = _weights_bytes(states, architecture, intensity_scale, probe_scale, probe)
     members = {WEIGHTS: weights, **{name: extras[name] for name in sorted(extras)}}
     manifest = {
         "format": FORMAT,
@@ -138,7 +145,8 @@ def _numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def _weights_bytes(
-    states: dict[str, dict[str, np.ndarray]], architecture: Architecture, intensity_scale: float, probe: np.ndarray
+    states: dict[str, dict[str, np.ndarray]], architecture: Architecture, intensity_scale: float, probe_scale: float,
+    probe: np.ndarray,
 ) -> bytes:
     buffer = io.BytesIO()
     # libver="earliest" pins the on-disk format; track_times=False drops the object timestamps
@@ -146,6 +154,7 @@ def _weights_bytes(
     with h5py.File(buffer, "w", libver="earliest") as h5:
         h5.attrs["architecture"] = json.dumps(architecture.to_dict(), sort_keys=True)
         h5.attrs["intensity_scale"] = intensity_scale
+        h5.attrs["probe_scale"] = probe_scale
         h5.attrs["package_version"] = __version__
         h5.attrs["format_version"] = FORMAT_VERSION
         h5.create_dataset("probe", data=probe, track_times=False)
@@ -204,13 +213,16 @@ def load_bundle(path: str | Path) -> Bundle:
 
     manifest = _check_manifest(path, members.pop(MANIFEST))
     _check_members(path, manifest, members)
-    autoencoder, diffraction_to_obj, architecture, intensity_scale, probe = _read_weights(path, members.pop(WEIGHTS))
+    autoencoder, diffraction_to_obj, architecture, intensity_scale = _read_weights(
+        path, members.pop(WEIGHTS), manifest["format_version"]
+    )
     return Bundle(
         autoencoder=autoencoder,
         diffraction_to_obj=diffraction_to_obj,
         architecture=architecture,
         intensity_scale=intensity_scale,
-        probe=probe.copy(),  # not the array the autoencoder's probe buffer may alias
+        probe_scale=autoencoder.probe_scale,
+        probe=autoencoder.calibrated_probe().detach().numpy().astype(np.complex64),
         manifest=manifest,
         extras=members,
     )
@@ -288,7 +300,7 @@ def _check_members(path: Path, manifest: dict, members: dict[str, bytes]) -> Non
             )
 
 
-def _read_weights(path: Path, data: bytes):
+def _read_weights(path: Path, data: bytes, format_version: int):
     where = f"{path}: {WEIGHTS}"
     try:
         h5 = h5py.File(io.BytesIO(data), "r")
@@ -303,7 +315,7 @@ def _read_weights(path: Path, data: bytes):
                 raise BundleError(f"{where} lacks the root attribute '{attr}'")
         if not isinstance(h5.get("probe"), h5py.Dataset):
             raise BundleError(f"{where} lacks the root dataset 'probe'")
-        architecture = _architecture(where, h5.attrs["architecture"])
+        architecture = _architecture(where, h5.attrs["architecture"], format_version)
         try:
             intensity_scale = float(h5.attrs["intensity_scale"])
         except (TypeError, ValueError) as error:
@@ -315,9 +327,13 @@ def _read_weights(path: Path, data: bytes):
                 f"({architecture.N}, {architecture.N}) complex64"
             )
         states = {name: _read_group(where, name, h5[name]) for name in MODEL_NAMES}
+        h5_attrs = {key: h5.attrs[key] for key in ("probe_scale",) if key in h5.attrs}
+    if format_version == 1:
+        states = _upgrade_format1(states)
 
     try:
-        autoencoder, diffraction_to_obj = build_models(architecture, probe, intensity_scale)
+        # A copy: the model's buffer must not alias the root probe it is compared with below.
+        autoencoder, diffraction_to_obj = build_models(architecture, probe.copy(), intensity_scale)
     except (ValueError, RuntimeError) as error:
         raise BundleError(f"{where}: cannot build the model for {architecture} ({error})") from error
     models = {"autoencoder": autoencoder, "diffraction_to_obj": diffraction_to_obj}
@@ -332,18 +348,46 @@ def _read_weights(path: Path, data: bytes):
     # The root copies of probe and intensity_scale must agree with the buffers the models use.
     if not np.array_equal(autoencoder.probe.numpy(), probe):
         raise BundleError(f"{where}: root dataset 'probe' differs from the autoencoder's probe buffer")
+    if format_version >= 2:
+        stored = h5_attrs.get("probe_scale")
+        if not isinstance(stored, (float, np.floating)) or not np.isclose(float(stored), autoencoder.probe_scale, rtol=1e-6):
+            raise BundleError(f"{where}: attribute probe_scale {stored!r} differs from the autoencoder's log_probe_scale")
     if float(diffraction_to_obj.intensity_scale) != float(np.float32(intensity_scale)):
         raise BundleError(
             f"{where}: attribute intensity_scale {intensity_scale} differs from the model's buffer "
             f"{float(diffraction_to_obj.intensity_scale)}"
         )
-    return autoencoder, diffraction_to_obj, architecture, intensity_scale, probe
+    return autoencoder, diffraction_to_obj, architecture, intensity_scale
 
 
-def _architecture(where: str, raw) -> Architecture:
+# Format 1 fixed what later formats record: the CNN, an N/2 window, a sigmoid amplitude.
+_FORMAT1_ARCHITECTURE = {"network": "cnn", "amplitude_activation": "sigmoid", "window_px": 0}
+
+
+def _upgrade_format1(states: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Format-1 weights in today's layout: the network under ``backbone.``, a probe scale of 1
+    (format 1 stored a photon-calibrated probe)."""
+    network = ("encoder.", "amplitude_decoder.", "phase_decoder.")
+
+    def renamed(key: str, prefix: str) -> str:
+        inner = key[len(prefix) :]
+        return f"{prefix}backbone.{inner}" if inner.startswith(network) else key
+
+    upgraded = {
+        "diffraction_to_obj": {renamed(k, ""): v for k, v in states["diffraction_to_obj"].items()},
+        "autoencoder": {renamed(k, "diffraction_to_obj."): v for k, v in states["autoencoder"].items()},
+    }
+    upgraded["autoencoder"]["log_probe_scale"] = np.zeros((), dtype=np.float32)
+    return upgraded
+
+
+def _architecture(where: str, raw, format_version: int) -> Architecture:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     try:
-        return Architecture(**json.loads(text))
+        fields = json.loads(text)
+        if format_version == 1 and isinstance(fields, dict):
+            fields = {**_FORMAT1_ARCHITECTURE, **fields}
+        return Architecture(**fields)
     except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise BundleError(f"{where}: attribute architecture {text!r} is not a valid Architecture ({error})") from error
 

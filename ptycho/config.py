@@ -43,6 +43,11 @@ class ScanKind(str, enum.Enum):
     SPIRAL = "spiral"
 
 
+class PhaseSync(str, enum.Enum):
+    ANGULAR = "angular"  # angular synchronisation of all patches at once (ptycho.synchronisation)
+    NONE = "none"
+
+
 class LossKind(str, enum.Enum):
     POISSON = "poisson"
     MAE = "mae"
@@ -105,8 +110,14 @@ class ModelConfig:
     gridsize: int = 1  # C = gridsize**2 patterns per group (1 or 2)
     n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
     n_filters_scale: float = 1.0  # multiplies the encoder/decoder widths (32, 64, 128, ...)
+    architecture: str = "cnn"  # backbone, one of ptycho.nn.NAMES
+    window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
 
     def check(self) -> None:
+        from ptycho.nn import NAMES
+
+        _require(self.architecture in NAMES, "model.architecture", f"allowed values are {list(NAMES)}; got {self.architecture!r}")
+        _require(0.5 <= self.window_share <= 1.0, "model.window_share", f"must be in [0.5, 1], got {self.window_share}")
         _require(self.gridsize in (1, 2), "model.gridsize", f"allowed values are 1, 2; got {self.gridsize}")
         channels = self.gridsize**2
         _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
@@ -149,13 +160,12 @@ class TrainConfig:
 class InferConfig:
     """`infer:` section."""
 
-    batch_size: int = 64  # groups per forward pass; memory is the canvas plus one batch
+    batch_size: int = 64  # groups per forward pass
     seed: int = 1  # grouping of the test positions (gridsize > 1)
-    phase_sync_passes: int = 2  # sweeps that re-match each patch's free phase offset to its neighbours
+    phase_sync: PhaseSync = PhaseSync.ANGULAR  # how the free phase offset of each patch is removed
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.phase_sync_passes >= 0, "infer.phase_sync_passes", f"must be >= 0, got {self.phase_sync_passes}")
 
 
 @dataclass(frozen=True)

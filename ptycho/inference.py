@@ -1,7 +1,7 @@
 """Network inference on a whole scan: batched prediction, phase synchronisation, stitching.
 
-Memory is the stitching canvas plus one batch of groups (and one phase per predicted patch):
-the scan is predicted batch by batch and never held as patches.
+The scan is predicted batch by batch; the placed patches (cropped to the weighted window) are
+kept until their phases are synchronised, then summed into the stitching canvas.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from ptycho.bundle import Bundle
-from ptycho.config import InferConfig
+from ptycho.config import InferConfig, PhaseSync
 from ptycho.data import PtychoDataset
 from ptycho.errors import BundleError, DataError
 from ptycho.grouping import Groups, grouped_tensors, make_groups
 from ptycho.reconstruction import Reconstruction
 from ptycho.stitching import Stitcher, canvas_frame
+from ptycho.synchronisation import patch_phases
 
 
 def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
@@ -29,17 +30,15 @@ def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
         raise BundleError(f"{path}: member 'config.json' lacks model.n_neighbours, needed to group positions ({error})") from error
 
 
-def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndarray, batch_size: int):
-    """Yield (patch slice, patches (B*C, N, N), x (B*C,), y (B*C,)) in the given group order."""
+def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, batch_size: int):
+    """Yield (patches (B*C, N, N), x (B*C,), y (B*C,)) for consecutive batches of groups."""
     size = bundle.architecture.N
-    channels = bundle.architecture.channels
-    for start in range(0, len(order), batch_size):
-        chosen = order[start : start + batch_size]
+    for start in range(0, groups.n_groups, batch_size):
+        chosen = np.arange(start, min(start + batch_size, groups.n_groups))
         indices = groups.indices[chosen]
         amplitudes, offsets = grouped_tensors(data.amplitudes, groups, chosen)
         patches = bundle.diffraction_to_obj(amplitudes, offsets).reshape(-1, size, size)
         yield (
-            slice(start * channels, (start + len(chosen)) * channels),
             patches,
             torch.from_numpy(data.xcoords[indices].reshape(-1)),
             torch.from_numpy(data.ycoords[indices].reshape(-1)),
@@ -53,11 +52,8 @@ def reconstruct(bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle
       update): a patch's dimly lit border is poorly determined by its one pattern. Measured on
       the default data: amplitude SSIM 0.30 with uniform weights, 0.69 with |P|**2 weights.
     - A diffraction pattern does not determine the constant phase of its patch, so patches
-      come with arbitrary phase offsets. They are synchronised on the canvas: patches are
-      placed one by one from the scan centre outwards, each phase-matched to what is already
-      there (matching many at once can lock in phase vortices), then
-      ``config.phase_sync_passes`` more sweeps re-match every patch to all others
-      (Gauss-Seidel over batches). Each sweep re-runs the network instead of keeping patches.
+      come with arbitrary phase offsets; with ``config.phase_sync`` "angular" they are found
+      all at once by angular synchronisation (``ptycho.synchronisation``) before stitching.
     - For gridsize > 1 each position appears in several groups; all predictions are averaged.
     """
     size = bundle.architecture.N
@@ -66,25 +62,23 @@ def reconstruct(bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle
     gridsize = bundle.architecture.gridsize
     n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 else 1
     groups = make_groups(data.xcoords, data.ycoords, gridsize, n_neighbours, np.random.default_rng(config.seed))
-    centre = groups.centres_xy.mean(axis=0)
-    order = np.argsort(np.hypot(*(groups.centres_xy - centre).T), kind="stable")
     origin, shape = canvas_frame(data.xcoords, data.ycoords, size)
     illumination = torch.from_numpy(np.abs(bundle.probe).astype(np.float32)) ** 2
     stitcher = Stitcher(origin, shape, bundle.diffraction_to_obj.support * illumination / illumination.max())
-    phases = torch.zeros(groups.n_groups * bundle.architecture.channels)
     bundle.diffraction_to_obj.eval()
+    placed = []
     with torch.inference_mode():
-        for part, patches, xcoords, ycoords in _batches(bundle, data, groups, order, config.batch_size):
-            if config.phase_sync_passes == 0:
-                stitcher.add(patches, xcoords, ycoords)
-                continue
-            # Place patch by patch: matching a whole batch at once can lock in phase vortices.
-            for index in range(patches.shape[0]):
-                one = slice(index, index + 1)
-                stitcher.add(patches[one], xcoords[one], ycoords[one])
-                phases[part.start + index] = stitcher.rephase(patches[one], xcoords[one], ycoords[one], phases[part.start + index : part.start + index + 1])[0]
-        for _ in range(config.phase_sync_passes):
-            for part, patches, xcoords, ycoords in _batches(bundle, data, groups, order, config.batch_size):
-                phases[part] = stitcher.rephase(patches, xcoords, ycoords, phases[part])
+        for patches, xcoords, ycoords in _batches(bundle, data, groups, config.batch_size):
+            placed.append(stitcher.place(patches, xcoords, ycoords))
+        phases = None
+        if config.phase_sync is PhaseSync.ANGULAR:
+            values = torch.cat([part.values for part in placed])
+            corners = np.concatenate([part.corners for part in placed])
+            phases = torch.from_numpy(patch_phases(values, corners)).to(torch.float32)
+        start = 0
+        for part in placed:
+            count = part.values.shape[0]
+            stitcher.add(part, None if phases is None else phases[start : start + count])
+            start += count
     obj, coverage = stitcher.result()
-    return Reconstruction(obj, origin, coverage, method="pinn")
+    return Reconstruction(obj, origin, coverage, method="pinn", probe=bundle.probe)

@@ -1,15 +1,24 @@
-"""The PtychoPINN-style network (DESIGN.md §3) as two plain ``nn.Module``s that share weights.
+"""The PINN (DESIGN.md §3) as two plain ``nn.Module``s that share weights.
 
 - ``DiffractionToObject`` (inference graph): measured amplitudes (B, C, N, N) in sqrt(counts)
   and offsets (B, C, 2) -> complex object patches (B, C, N, N).
 - ``Autoencoder`` (training graph): the same inputs -> object patches and the predicted
-  diffraction amplitudes (B, C, N, N) in sqrt(counts), through the fixed probe and the
-  far-field forward model of ``ptycho.physics``.
+  diffraction amplitudes (B, C, N, N) in sqrt(counts), through the probe and the far-field
+  forward model of ``ptycho.physics``.
 
-The network sees sqrt(amplitudes / ``intensity_scale``) (the scale computed on the training
-data and stored as a buffer, so inference never recomputes it). The probe is calibrated in photon units
-(|F(P * O)|**2 are expected counts), so the predicted amplitudes are compared with the
-measured ones directly.
+Scales (DESIGN.md §2, "Normalisation" and "Probe scale"), both computed on the training data
+and stored in the bundle, never recomputed at inference:
+
+- ``intensity_scale`` s_in: the network sees sqrt(A / s_in), with mean(sum((A / s_in)**2)) =
+  (N/2)**2 over the training patterns: an O(1) input whatever the photon count.
+- probe scale s_p: the file's probe is in arbitrary units, so the forward model is
+  |F(s_p * P * O)|. s_p starts at the Parseval estimate sqrt(mean sum(A**2) / sum(|P|**2))
+  (the value that explains the counts with |O| = 1 under the probe) and is trained with the
+  network (``log_probe_scale``), as PtychoPINN trains its intensity scale. The object is
+  therefore known up to the global factor that any ptychographic reconstruction leaves free.
+
+The predicted window (``Architecture.window_px``) is the smallest centred square holding a set
+share of |P|**2 (``probe_window``); outside it the patch is zero (the support prior).
 """
 
 from __future__ import annotations
@@ -22,101 +31,91 @@ import torch
 from torch import nn
 
 from ptycho import physics
+from ptycho.nn import NAMES as NETWORK_NAMES
+from ptycho.nn import build_backbone
+
+AMPLITUDE_ACTIVATIONS = ("exp", "sigmoid")
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Everything needed to rebuild the network (stored in the bundle as JSON)."""
+    """Everything needed to rebuild the network (stored in the bundle as JSON).
 
-    N: int  # pattern size, px
-    gridsize: int  # C = gridsize**2 patterns per group
+    N: pattern size, px. gridsize: C = gridsize**2 patterns per group. n_filters_scale:
+    width multiplier. network: backbone name (``ptycho.nn``). window_px: side of the
+    predicted object window, px, even, N/2 ... N (0 = N/2, the format-1 value).
+    amplitude_activation: "exp" (amplitude = exp(output), 1 at zero output, no asymptote
+    near 1) or "sigmoid" (bounded by 1, the format-1 head).
+    """
+
+    N: int
+    gridsize: int
     n_filters_scale: float = 1.0
+    network: str = "cnn"
+    window_px: int = 0
+    amplitude_activation: str = "exp"
+
+    def __post_init__(self):
+        if self.window_px == 0:
+            object.__setattr__(self, "window_px", self.N // 2)
+        if not (self.N // 2 <= self.window_px <= self.N and self.window_px % 2 == 0):
+            raise ValueError(f"window_px must be even and in [N/2, N] = [{self.N // 2}, {self.N}], got {self.window_px}")
+        if self.network not in NETWORK_NAMES:
+            raise ValueError(f"network must be one of {list(NETWORK_NAMES)}, got {self.network!r}")
+        if self.amplitude_activation not in AMPLITUDE_ACTIVATIONS:
+            raise ValueError(f"amplitude_activation must be one of {list(AMPLITUDE_ACTIVATIONS)}, got {self.amplitude_activation!r}")
 
     @property
     def channels(self) -> int:
         return self.gridsize * self.gridsize
 
-    @property
-    def levels(self) -> int:
-        """Encoder blocks: down to an 8 x 8 bottleneck (3 for N = 64, 4 for N = 128)."""
-        return int(round(math.log2(self.N))) - 3
-
-    def widths(self) -> list[int]:
-        """Encoder widths 32, 64, 128, ... times n_filters_scale (at least 4 filters)."""
-        return [max(4, int(round(32 * 2**level * self.n_filters_scale))) for level in range(self.levels)]
-
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _conv_pair(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1),
-        nn.ReLU(),
-    ]
-
-
-def _decoder(widths: list[int], out_channels: int) -> nn.Sequential:
-    """Conv-Conv-Upsample blocks from the bottleneck (N/2**levels) up to N/2, then a 3x3 head."""
-    layers: list[nn.Module] = []
-    reversed_widths = widths[::-1]  # e.g. 128, 64, 32
-    in_channels = reversed_widths[0]
-    for width in reversed_widths[:-1]:  # levels - 1 upsamplings: N/8 -> N/2 for N = 64
-        layers += _conv_pair(in_channels, width) + [nn.Upsample(scale_factor=2, mode="nearest")]
-        in_channels = width
-    layers += _conv_pair(in_channels, reversed_widths[-1])
-    layers.append(nn.Conv2d(reversed_widths[-1], out_channels, 3, padding=1))
-    return nn.Sequential(*layers)
+def window_mask(size: int, window_px: int) -> torch.Tensor:
+    """(N, N) float: 1 on the centred window_px x window_px square (rows N/2 - w/2 ... N/2 + w/2 - 1)."""
+    mask = torch.zeros(size, size)
+    start = size // 2 - window_px // 2
+    mask[start : start + window_px, start : start + window_px] = 1.0
+    return mask
 
 
 class DiffractionToObject(nn.Module):
     """Amplitudes (B, C, N, N) + offsets (B, C, 2) -> complex object patches (B, C, N, N).
 
-    Encoder of Conv-ReLU-Conv-ReLU-MaxPool blocks; two decoders (amplitude, phase); heads
-    sigmoid (amplitude in (0, 1)) and pi * tanh (phase) on the central N/2 x N/2 window,
-    zero-padded to N (the support prior). For gridsize > 1 the C patches of each group are
-    merged on a shared canvas and re-extracted (the overlap constraint), so the returned
-    patches agree where they overlap.
+    The backbone's raw maps become amplitude (``architecture.amplitude_activation``) and phase
+    (pi * tanh) on the centred predicted window, zero-padded to N. For gridsize > 1 the C
+    patches of each group are merged on a shared canvas and re-extracted (the overlap
+    constraint), so the returned patches agree where they overlap.
     """
 
     def __init__(self, architecture: Architecture, intensity_scale: float = 1.0):
         super().__init__()
         self.architecture = architecture
-        widths = architecture.widths()
-        layers: list[nn.Module] = []
-        in_channels = architecture.channels
-        for width in widths:
-            layers += _conv_pair(in_channels, width) + [nn.MaxPool2d(2)]
-            in_channels = width
-        self.encoder = nn.Sequential(*layers)
-        self.amplitude_decoder = _decoder(widths, architecture.channels)
-        self.phase_decoder = _decoder(widths, architecture.channels)
+        size, window = architecture.N, architecture.window_px
+        self.backbone = build_backbone(
+            architecture.network, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2
+        )
         self.register_buffer("intensity_scale", torch.tensor(float(intensity_scale), dtype=torch.float32))
-        size = architecture.N
-        support = torch.zeros(size, size)
-        support[size // 4 : size // 4 + size // 2, size // 4 : size // 4 + size // 2] = 1.0
-        self.register_buffer("support", support)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Glorot-uniform weights and zero biases, as in the reference implementation."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.register_buffer("support", window_mask(size, window))
 
     def forward(self, amplitudes: torch.Tensor, offsets_xy: torch.Tensor) -> torch.Tensor:
         # sqrt compresses the input's dynamic range (the central disc is ~100x brighter than
         # the scattering that carries the detail). Measured on the default data, 30 epochs:
         # amplitude / phase SSIM 0.662 / 0.672 plain, 0.733 / 0.715 sqrt, 0.724 / 0.613 log1p.
-        features = self.encoder(torch.sqrt(amplitudes / self.intensity_scale))
-        amplitude = torch.sigmoid(self.amplitude_decoder(features))
-        phase = math.pi * torch.tanh(self.phase_decoder(features))
-        quarter = self.architecture.N // 4
-        central = torch.polar(amplitude, phase)
-        patches = nn.functional.pad(central, (quarter, quarter, quarter, quarter))
+        raw_amplitude, raw_phase = self.backbone(torch.sqrt(amplitudes / self.intensity_scale))
+        size, window = self.architecture.N, self.architecture.window_px
+        start = (raw_amplitude.shape[-1] - window) // 2  # crop the window out of an N x N map
+        raw_amplitude = raw_amplitude[..., start : start + window, start : start + window]
+        raw_phase = raw_phase[..., start : start + window, start : start + window]
+        if self.architecture.amplitude_activation == "sigmoid":
+            amplitude = torch.sigmoid(raw_amplitude)
+        else:  # exp, with a soft bound at e**+-8 so a wild output cannot overflow
+            amplitude = torch.exp(8.0 * torch.tanh(raw_amplitude / 8.0))
+        phase = math.pi * torch.tanh(raw_phase)
+        pad = (size - window) // 2
+        patches = nn.functional.pad(torch.polar(amplitude, phase), (pad, pad, pad, pad))
         if self.architecture.channels > 1:
             patches = physics.enforce_group_overlap(patches, offsets_xy, self.support)
         return patches
@@ -125,26 +124,35 @@ class DiffractionToObject(nn.Module):
 class Autoencoder(nn.Module):
     """Training graph: (amplitudes, offsets) -> (object patches, predicted amplitudes).
 
-    Shares every weight with the ``DiffractionToObject`` it wraps; adds the probe (a buffer,
-    photon-calibrated) and the far-field forward model.
+    Shares every weight with the ``DiffractionToObject`` it wraps; adds the probe (a buffer, in
+    the file's units), the trainable probe scale and the far-field forward model.
     """
 
-    def __init__(self, diffraction_to_obj: DiffractionToObject, probe: torch.Tensor):
+    def __init__(self, diffraction_to_obj: DiffractionToObject, probe: torch.Tensor, probe_scale: float = 1.0):
         super().__init__()
         self.diffraction_to_obj = diffraction_to_obj
         self.register_buffer("probe", probe.to(torch.complex64))
+        self.log_probe_scale = nn.Parameter(torch.tensor(math.log(probe_scale), dtype=torch.float32))
+
+    @property
+    def probe_scale(self) -> float:
+        return float(torch.exp(self.log_probe_scale.detach()))
+
+    def calibrated_probe(self) -> torch.Tensor:
+        """s_p * P: the probe in sqrt(counts) units, the one that explains the data with the predicted object."""
+        return torch.exp(self.log_probe_scale) * self.probe
 
     def forward(self, amplitudes: torch.Tensor, offsets_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches = self.diffraction_to_obj(amplitudes, offsets_xy)
-        return patches, physics.forward_amplitude(patches, self.probe)
+        return patches, physics.forward_amplitude(patches, self.calibrated_probe())
 
 
 def build_models(
-    architecture: Architecture, probe: np.ndarray | torch.Tensor, intensity_scale: float
+    architecture: Architecture, probe: np.ndarray | torch.Tensor, intensity_scale: float, probe_scale: float = 1.0
 ) -> tuple[Autoencoder, DiffractionToObject]:
     """Both models, sharing weights: (autoencoder, diffraction_to_obj)."""
     diffraction_to_obj = DiffractionToObject(architecture, intensity_scale)
-    autoencoder = Autoencoder(diffraction_to_obj, torch.as_tensor(probe))
+    autoencoder = Autoencoder(diffraction_to_obj, torch.as_tensor(probe), probe_scale)
     return autoencoder, diffraction_to_obj
 
 

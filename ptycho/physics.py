@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -165,3 +166,35 @@ def poisson_nll(
 def amplitude_mae(predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor) -> torch.Tensor:
     """Mean absolute error between amplitudes (the alternative training loss)."""
     return (predicted_amplitude - measured_amplitude).abs().mean()
+
+
+def probe_photon_scale(amplitudes: np.ndarray, probe: np.ndarray) -> float:
+    """Parseval estimate of the factor s_p that puts a probe in arbitrary units into sqrt(counts).
+
+    sum(A**2) = sum(|s_p P O|**2) for each pattern (unitary FFT); with |O| = 1 under the probe,
+    s_p = sqrt(mean_m sum(A_m**2) / sum(|P|**2)). amplitudes: (M, N, N); probe: (N, N).
+    A real object transmits less than 1, so this is the scale that makes the object's mean
+    |O|**2 under the probe equal 1; the global factor of O is free in ptychography anyway.
+    """
+    counts = float(np.mean(np.sum(np.asarray(amplitudes, dtype=np.float64) ** 2, axis=(-2, -1))))
+    probe_power = float(np.sum(np.abs(np.asarray(probe, dtype=np.complex128)) ** 2))
+    if not (counts > 0 and probe_power > 0):
+        raise ValueError(f"cannot calibrate the probe: mean counts {counts}, probe power {probe_power}")
+    return math.sqrt(counts / probe_power)
+
+
+def window_share(probe: np.ndarray, window_px: int) -> float:
+    """Share of sum(|P|**2) inside the centred window_px x window_px square of the (N, N) probe
+    (rows and columns N/2 - w/2 ... N/2 + w/2 - 1, centred like the far field's zero frequency)."""
+    intensity = np.abs(np.asarray(probe, dtype=np.complex128)) ** 2
+    start = intensity.shape[-1] // 2 - window_px // 2
+    return float(intensity[start : start + window_px, start : start + window_px].sum() / intensity.sum())
+
+
+def probe_window(probe: np.ndarray, share: float) -> int:
+    """Smallest even, centred window side w in [N/2, N] that holds ``share`` of sum(|P|**2) (N if none)."""
+    size = probe.shape[-1]
+    for window in range(size // 2, size, 2):
+        if window_share(probe, window) >= share:
+            return window
+    return size

@@ -3,7 +3,9 @@
 Keys: ``object`` (H, W) complex64; ``origin`` (2,) int64 = (x0, y0), the input-coordinate
 position of pixel [0, 0], so pixel [r, c] sits at x = x0 + c, y = y0 + r in the object-pixel
 units of ``xcoords`` / ``ycoords``; ``coverage`` (H, W) float32, the summed patch weights
-(0 = not reconstructed); ``method`` () str, what produced it. The network's and the iterative
+(0 = not reconstructed); ``method`` () str, what produced it; ``probe`` (N, N) complex64,
+optional: the probe that, with ``object``, explains the measured data (the object's scale
+is relative to it; files without it pair with the data's own probe). The network's and the iterative
 baseline's reconstructions use this one format, so one evaluation code path scores both.
 """
 
@@ -26,6 +28,7 @@ class Reconstruction:
     origin: tuple[int, int]  # (x0, y0)
     coverage: np.ndarray  # (H, W) float32
     method: str
+    probe: np.ndarray | None = None  # (N, N) complex64
 
     def truth_window(self, truth: np.ndarray, path: str) -> np.ndarray:
         """The part of a ground-truth object (same pixel units) under this reconstruction's canvas.
@@ -51,6 +54,7 @@ def save_reconstruction(reconstruction: Reconstruction, path: str | Path) -> Non
             "origin": np.asarray(reconstruction.origin, dtype=np.int64),
             "coverage": reconstruction.coverage.astype(np.float32),
             "method": np.array(reconstruction.method),
+            **({} if reconstruction.probe is None else {"probe": reconstruction.probe.astype(np.complex64)}),
         },
     )
 
@@ -66,6 +70,7 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
             if missing:
                 raise DataError(f"{path}: key '{missing[0]}': missing; a reconstruction holds {list(KEYS)}")
             values = {key: archive[key] for key in KEYS}
+            probe = archive["probe"] if "probe" in archive.files else None
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: not a readable reconstruction NPZ ({error})") from error
     obj, origin, coverage = values["object"], values["origin"], values["coverage"]
@@ -77,4 +82,6 @@ def load_reconstruction(path: str | Path) -> Reconstruction:
         raise DataError(f"{path}: key 'origin': expected shape (2,), got {origin.shape}")
     if coverage.shape != obj.shape:
         raise DataError(f"{path}: key 'coverage': shape {coverage.shape} differs from the object's {obj.shape}")
-    return Reconstruction(obj, (int(origin[0]), int(origin[1])), coverage, str(values["method"]))
+    if probe is not None and (probe.ndim != 2 or not np.iscomplexobj(probe) or not np.all(np.isfinite(probe))):
+        raise DataError(f"{path}: key 'probe': expected a finite 2-D complex array, got {probe.dtype} {probe.shape}")
+    return Reconstruction(obj, (int(origin[0]), int(origin[1])), coverage, str(values["method"]), probe)

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,29 @@ def train(
     always ends by writing ``bundle_path`` (wts.h5.zip).
     """
     started = time.perf_counter()
-    architecture = Architecture(N=train_data.pattern_size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale)
+    size = train_data.pattern_size
+    window_px = physics.probe_window(train_data.probe, model_config.window_share)
+    inner_share = physics.window_share(train_data.probe, size - 2)
+    if window_px == size and inner_share < model_config.window_share:
+        warnings.warn(
+            f"train: the probe spills beyond the largest object window (N = {size} px): {100 * (1 - inner_share):.1f} % "
+            f"of |probe|^2 lies in the outer 1-px frame of the pattern, where the probe is cut; the network predicts "
+            f"the whole N x N window. A larger N (or a smaller, more focused probe) keeps more of it.", stacklevel=2,
+        )
+    architecture = Architecture(
+        N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
+        network=model_config.architecture, window_px=window_px,
+    )
     groups = make_groups(
         train_data.xcoords, train_data.ycoords, model_config.gridsize, model_config.n_neighbours,
         np.random.default_rng(train_config.seed),
     )
     amplitudes, offsets = grouped_tensors(train_data.amplitudes, groups)
     torch.manual_seed(train_config.seed)  # the initial weights are part of a reproducible run
-    autoencoder, diffraction_to_obj = build_models(architecture, train_data.probe, intensity_scale_of(train_data.amplitudes))
+    autoencoder, diffraction_to_obj = build_models(
+        architecture, train_data.probe, intensity_scale_of(train_data.amplitudes),
+        probe_scale=physics.probe_photon_scale(train_data.amplitudes, train_data.probe),
+    )
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
         return TrainSummary(history=result.history, metrics={})
@@ -162,12 +178,13 @@ def infer(
 
 def data_consistency(reconstruction: Reconstruction, data: PtychoDataset) -> dict[str, float]:
     """R-factor and normalised error of the measured amplitudes against those re-simulated
-    from the reconstruction and the data's probe, over positions whose window the
+    from the reconstruction and its probe (the data's probe for files without one: the
+    network's object pairs with the calibrated probe of its bundle), over positions whose window the
     reconstruction covers everywhere the probe is bright (probe amplitude >= 10 % of its peak).
     """
     size = data.pattern_size
     x0, y0 = reconstruction.origin
-    probe = torch.from_numpy(data.probe)
+    probe = torch.from_numpy(data.probe if reconstruction.probe is None else reconstruction.probe)
     bright = (probe.abs() >= 0.1 * probe.abs().max()).numpy()
     obj = torch.from_numpy(reconstruction.object)
     covered = reconstruction.coverage > 0

@@ -127,7 +127,7 @@ def test_loaded_models_share_weights(tmp_path):
     amplitudes, offsets = inputs(2)
     with torch.no_grad():
         before, _ = loaded.autoencoder(amplitudes, offsets)
-        loaded.diffraction_to_obj.amplitude_decoder[-1].bias.add_(0.5)
+        loaded.diffraction_to_obj.backbone.amplitude_decoder[-1].bias.add_(0.5)
         after, _ = loaded.autoencoder(amplitudes, offsets)
     assert not torch.equal(before, after)
 
@@ -147,7 +147,8 @@ def test_layout_of_the_zip(tmp_path):
         assert set(h5) == {"autoencoder", "diffraction_to_obj", "probe"}
         assert json.loads(h5.attrs["architecture"]) == architecture().to_dict()
         assert h5["probe"].dtype == np.complex64 and h5["probe"].shape == (N, N)
-        assert "encoder.0.weight" in h5["diffraction_to_obj"]
+        assert "backbone.encoder.0.weight" in h5["diffraction_to_obj"]
+        assert h5.attrs["probe_scale"] == pytest.approx(1.0)
 
 
 # --- determinism and atomic write ----------------------------------------------------------
@@ -305,7 +306,7 @@ def test_weights_without_model_group(tmp_path):
 
 def test_shape_mismatch(tmp_path):
     path = saved(tmp_path)
-    key = "encoder.0.weight"
+    key = "backbone.encoder.0.weight"
 
     def reshape(h5):
         group = h5["diffraction_to_obj"]
@@ -320,7 +321,7 @@ def test_shape_mismatch(tmp_path):
 
 def test_missing_parameter(tmp_path):
     path = saved(tmp_path)
-    key = "diffraction_to_obj.phase_decoder.0.bias"
+    key = "diffraction_to_obj.backbone.phase_decoder.0.bias"
     weights = edit_weights(read_members(path)["wts.h5"], lambda h5: h5["autoencoder"].__delitem__(key))
     expect_error(repack(path, tmp_path / "bad.zip", {"wts.h5": weights}), "autoencoder", "missing parameter", key)
 
@@ -337,7 +338,7 @@ def test_unexpected_parameter(tmp_path):
 def test_inconsistent_shared_weights(tmp_path):
     path = saved(tmp_path)
     weights = edit_weights(
-        read_members(path)["wts.h5"], lambda h5: h5["diffraction_to_obj/encoder.0.bias"].__setitem__(0, 9.0)
+        read_members(path)["wts.h5"], lambda h5: h5["diffraction_to_obj/backbone.encoder.0.bias"].__setitem__(0, 9.0)
     )
     expect_error(repack(path, tmp_path / "bad.zip", {"wts.h5": weights}), "shared parameter", "encoder.0.bias")
 
@@ -408,3 +409,30 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     assert load_bundle(path).architecture == architecture(2)
     assert "pickle" not in vars(bundle_module) and "dill" not in vars(bundle_module)
+
+
+# --- probe scale and earlier formats ----------------------------------------------------------
+
+
+def test_the_trained_probe_scale_is_stored_and_gives_the_calibrated_probe(tmp_path):
+    autoencoder, diffraction_to_obj = make_models()
+    with torch.no_grad():
+        autoencoder.log_probe_scale.fill_(np.log(40.0))
+    save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, architecture())
+    loaded = load_bundle(tmp_path / "wts.h5.zip")
+    assert loaded.probe_scale == pytest.approx(40.0, rel=1e-6)
+    np.testing.assert_allclose(loaded.probe, 40.0 * autoencoder.probe.numpy(), rtol=1e-6)
+
+
+def test_a_format_1_bundle_loads_and_predicts_as_it_did():
+    # Written by the format-1 code (commit ab1ee74) with the output it gave for this input:
+    # CNN keys at the top level, sigmoid amplitude, N/2 window, photon-calibrated probe.
+    data = Path(__file__).parent / "data"
+    loaded = load_bundle(data / "bundle_format1.h5.zip")
+    assert loaded.manifest["format_version"] == 1
+    assert loaded.architecture.amplitude_activation == "sigmoid" and loaded.architecture.window_px == 16
+    assert loaded.probe_scale == 1.0
+    amplitudes = torch.linspace(0, 3, 32 * 32).reshape(1, 1, 32, 32)
+    with torch.no_grad():
+        output = loaded.diffraction_to_obj(amplitudes, torch.zeros(1, 1, 2))
+    np.testing.assert_array_equal(output.numpy(), np.load(data / "bundle_format1_output.npy"))

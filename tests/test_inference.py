@@ -12,7 +12,7 @@ from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import DataError
 from ptycho.model import Architecture, build_models
 from ptycho.reconstruction import load_reconstruction
-from ptycho.stitching import Stitcher, canvas_frame
+from ptycho.stitching import canvas_frame
 
 
 def test_workflow_integration_reaches_a_quality_floor(evaluated_run):
@@ -57,8 +57,8 @@ def test_pattern_size_mismatch_is_a_clear_error(evaluated_run, tmp_path, small_i
 
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_large_scan_is_predicted_in_bounded_batches(gridsize, monkeypatch):
-    # 3000 positions: the model and the stitcher only ever see one batch; the arrays that grow
-    # are the canvas (with the scan area) and one phase per patch.
+    # 3000 positions: the model sees one batch at a time, exactly once per group; what grows
+    # with the scan is the canvas and the placed (window-cropped) patches kept for phase sync.
     size, batch_size = 32, 64
     rng = np.random.default_rng(0)
     count = 3000
@@ -66,14 +66,10 @@ def test_large_scan_is_predicted_in_bounded_batches(gridsize, monkeypatch):
     data = PtychoDataset(rng.random((count, size, size), dtype=np.float32), xcoords, ycoords, np.ones((size, size), np.complex64), None, np.arange(count), {})
     architecture = Architecture(size, gridsize, 0.125)
     autoencoder, diffraction_to_obj = build_models(architecture, data.probe, 1.0)
-    bundle = Bundle(autoencoder, diffraction_to_obj, architecture, 1.0, data.probe, {}, {"config.json": b'{"model": {"n_neighbours": 7}}'})
-    seen_model, seen_stitcher = [], []
+    bundle = Bundle(autoencoder, diffraction_to_obj, architecture, 1.0, 1.0, data.probe, {}, {"config.json": b'{"model": {"n_neighbours": 7}}'})
+    seen_model = []
     forward = type(diffraction_to_obj).forward
-    add = Stitcher.add
     monkeypatch.setattr(type(diffraction_to_obj), "forward", lambda self, a, o: seen_model.append(a.shape[0]) or forward(self, a, o))
-    monkeypatch.setattr(Stitcher, "add", lambda self, p, x, y: seen_stitcher.append(p.shape[0]) or add(self, p, x, y))
-    reconstruction = inference.reconstruct(bundle, data, InferConfig(batch_size=batch_size, phase_sync_passes=2), "bundle")
-    # phase synchronisation re-runs the network (one placing sweep + 2 passes) instead of keeping patches
-    assert max(seen_model) <= batch_size and sum(seen_model) == 3 * count
-    assert max(seen_stitcher) <= batch_size * gridsize**2
+    reconstruction = inference.reconstruct(bundle, data, InferConfig(batch_size=batch_size), "bundle")
+    assert max(seen_model) <= batch_size and sum(seen_model) == count
     assert reconstruction.object.shape == canvas_frame(xcoords, ycoords, size)[1]

@@ -1,0 +1,89 @@
+"""Angular synchronisation of patch phases: known offsets are recovered, with no seams or rings."""
+
+import numpy as np
+import torch
+
+from ptycho import physics
+from ptycho.simulate import gaussian_random_field
+from ptycho.stitching import Stitcher, canvas_frame
+from ptycho.synchronisation import overlapping_pairs, patch_phases
+
+
+def test_overlapping_pairs_are_exactly_the_boxes_that_share_a_pixel():
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, 60, (40, 2))
+    box = (10, 14)
+    found = {tuple(p) for p in overlapping_pairs(corners, box)}
+    expected = {
+        (i, j) for i in range(40) for j in range(i + 1, 40)
+        if abs(corners[i, 0] - corners[j, 0]) < box[0] and abs(corners[i, 1] - corners[j, 1]) < box[1]
+    }
+    assert found == expected
+
+
+def synchronised_scan(offsets_rad, rng, jitter=0.0):
+    """Ideal patches of a smooth phase object, each times exp(1j offset), stitched with and without sync."""
+    size = 32
+    obj = np.exp(1j * 2.0 * gaussian_random_field((160, 160), 6.0, rng)).astype(np.complex64)
+    ticks = np.arange(24.0, 137.0, 8.0)
+    xcoords, ycoords = (a.ravel() + rng.uniform(-jitter, jitter, a.size) for a in np.meshgrid(ticks, ticks))
+    patches = physics.extract_patches(torch.from_numpy(obj), torch.from_numpy(xcoords), torch.from_numpy(ycoords), size)
+    offsets = offsets_rad(len(xcoords))
+    patches = patches * torch.polar(torch.ones(len(offsets)), torch.from_numpy(offsets).float()).view(-1, 1, 1)
+    origin, shape = canvas_frame(xcoords, ycoords, size)
+    support = torch.zeros(size, size)
+    support[8:24, 8:24] = 1.0
+    results = {}
+    for label in ("plain", "synced"):
+        stitcher = Stitcher(origin, shape, support)
+        placed = stitcher.place(patches, torch.from_numpy(xcoords), torch.from_numpy(ycoords))
+        phases = torch.from_numpy(patch_phases(placed.values, placed.corners)).float() if label == "synced" else None
+        stitcher.add(placed, phases)
+        results[label] = stitcher.result()
+    x0, y0 = origin
+    return results, obj[y0 : y0 + shape[0], x0 : x0 + shape[1]], offsets
+
+
+def phase_errors(stitched, coverage, truth):
+    """Per-pixel phase error (rad) on well-covered pixels after removing one global phase."""
+    well = coverage > 0.5 * coverage.max()
+    offset = np.angle(np.sum(truth[well] * np.conj(stitched[well])))
+    return np.abs(np.angle(stitched[well] * np.exp(1j * offset) * np.conj(truth[well])))
+
+
+def test_random_offsets_are_removed_to_within_a_hundredth_of_a_radian():
+    rng = np.random.default_rng(2)
+    results, truth, _ = synchronised_scan(lambda n: rng.uniform(-np.pi, np.pi, n), rng)
+    assert phase_errors(*results["plain"], truth).mean() > 0.5  # the offsets do matter
+    errors = phase_errors(*results["synced"], truth)
+    # max as well as mean: a seam or a ring would be a band of large errors
+    assert errors.mean() < 0.01 and errors.max() < 0.05
+
+
+def test_subpixel_positions_are_synchronised_too():
+    rng = np.random.default_rng(3)
+    results, truth, _ = synchronised_scan(lambda n: rng.uniform(-np.pi, np.pi, n), rng, jitter=1.5)
+    assert phase_errors(*results["synced"], truth).mean() < 0.02
+
+
+def test_the_recovered_offsets_are_the_applied_ones_up_to_one_constant():
+    rng = np.random.default_rng(4)
+    size = 16
+    obj = np.exp(1j * gaussian_random_field((80, 80), 4.0, rng)).astype(np.complex64)
+    ticks = np.arange(12.0, 69.0, 5.0)
+    xcoords, ycoords = (a.ravel() for a in np.meshgrid(ticks, ticks))
+    patches = physics.extract_patches(torch.from_numpy(obj), torch.from_numpy(xcoords), torch.from_numpy(ycoords), size)
+    applied = rng.uniform(-np.pi, np.pi, len(xcoords))
+    patches = patches * torch.polar(torch.ones(len(applied)), torch.from_numpy(applied).float()).view(-1, 1, 1)
+    origin, shape = canvas_frame(xcoords, ycoords, size)
+    stitcher = Stitcher(origin, shape, torch.ones(size, size))
+    placed = stitcher.place(patches, torch.from_numpy(xcoords), torch.from_numpy(ycoords))
+    found = patch_phases(placed.values, placed.corners)
+    difference = np.angle(np.exp(1j * (found - applied)))
+    spread = np.abs(np.angle(np.exp(1j * (difference - difference[0]))))
+    assert spread.max() < 1e-3
+
+
+def test_patches_without_neighbours_keep_their_phase():
+    boxes = torch.ones(2, 4, 4, dtype=torch.complex64) * 1j
+    assert np.array_equal(patch_phases(boxes, np.array([[0, 0], [10, 10]])), np.zeros(2))
