@@ -53,8 +53,8 @@ conj(O_j) Δψ_j, translated back by -f_j (the adjoint of the probe shift) befor
 over the batch; the illumination is T = Σ_j |O_j|² on the N x N probe grid (the sub-pixel
 shift is ignored in this denominator, a smooth weight) and the step is β = ``probe_step``.
 Object and probe updates of a batch both use the estimates the batch was computed with.
-The refined probe is used for the coverage map but not returned (``Reconstruction`` holds no
-probe).
+The probe is first calibrated to the counts (``physics.calibrate_probe``: a file's probe is
+in arbitrary units); the reconstruction holds the calibrated (or refined) probe it pairs with.
 
 Cost and memory: per batch B, two FFTs of (B, N, N) plus gathers and ``index_add_`` scatters on
 the bounding box of the batch's windows (no Python work per pixel or per position). Memory is
@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ptycho import physics
 from ptycho.config import Algorithm, BaselineConfig
 from ptycho.data import PtychoDataset, validate
 from ptycho.errors import ConfigError, DataError
@@ -207,7 +208,11 @@ def run_baseline(
     if total_energy <= 0:
         raise DataError("run_baseline: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
 
-    probe = torch.from_numpy(data.probe.copy())
+    # The file's probe is in arbitrary units: calibrate it to the counts (Parseval, as the
+    # network does), so that the flat start |O| = 1 is at the scale of the solution and the
+    # result does not depend on the units of the file.
+    unit_probe, probe_scale = physics.calibrate_probe(data.probe, data.amplitudes)
+    probe = torch.from_numpy(unit_probe) * probe_scale
     obj = torch.ones(height, width, dtype=torch.complex64)
     flat = obj.view(-1)
     cache = None
@@ -274,5 +279,6 @@ def run_baseline(
         origin=origin,
         coverage=coverage.numpy().astype(np.float32),
         method=f"baseline-{settings.algorithm.value}",
+        probe=probe.numpy().astype(np.complex64),
     )
     return reconstruction, errors

@@ -9,7 +9,8 @@ Layout of the zip, members in this order:
   key (dots kept, no subgroups); root attributes ``architecture`` (JSON of
   ``Architecture.to_dict()``), ``intensity_scale``, ``probe_scale`` (the trained s_p of
   ``ptycho.model``, also stored as the autoencoder's ``log_probe_scale``), ``package_version``,
-  ``format_version``; root dataset ``probe`` (N, N) complex64 in the training file's units.
+  ``format_version``; root dataset ``probe`` (N, N) complex64, the training file's probe at unit
+  power (sum |P|**2 = 1).
 
 Format history: 1 had a photon-calibrated probe, no probe scale, the CNN's keys at the top of
 the network (``encoder.*``), a sigmoid amplitude and an N/2 window; such bundles still load
@@ -69,8 +70,8 @@ class Bundle:
     diffraction_to_obj: nn.Module
     architecture: Architecture
     intensity_scale: float
-    probe_scale: float  # s_p: probe (file units) x s_p = probe in sqrt(counts)
-    probe: np.ndarray  # (N, N) complex64, calibrated: s_p x the training file's probe
+    probe_scale: float  # s_p: unit-power probe x s_p = probe in sqrt(counts)
+    probe: np.ndarray  # (N, N) complex64, calibrated: s_p x the unit-power probe
     manifest: dict
     extras: dict[str, bytes]
 

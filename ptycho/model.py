@@ -11,11 +11,12 @@ and stored in the bundle, never recomputed at inference:
 
 - ``intensity_scale`` s_in: the network sees sqrt(A / s_in), with mean(sum((A / s_in)**2)) =
   (N/2)**2 over the training patterns: an O(1) input whatever the photon count.
-- probe scale s_p: the file's probe is in arbitrary units, so the forward model is
-  |F(s_p * P * O)|. s_p starts at the Parseval estimate sqrt(mean sum(A**2) / sum(|P|**2))
-  (the value that explains the counts with |O| = 1 under the probe) and is trained with the
-  network (``log_probe_scale``), as PtychoPINN trains its intensity scale. The object is
-  therefore known up to the global factor that any ptychographic reconstruction leaves free.
+- probe scale s_p: the file's probe is in arbitrary units, so the model keeps the unit-power
+  probe P = P_file / ||P_file|| and the forward model is |F(s_p * P * O)|. s_p starts at the
+  Parseval estimate sqrt(mean sum(A**2)) (``physics.calibrate_probe``: the value that explains
+  the counts with |O| = 1 under the probe) and is trained with the network
+  (``log_probe_scale``), as PtychoPINN trains its intensity scale. The object is therefore
+  known up to the global factor that any ptychographic reconstruction leaves free.
 
 The predicted window (``Architecture.window_px``) is the smallest centred square holding a set
 share of |P|**2 (``probe_window``); outside it the patch is zero (the support prior).
@@ -125,7 +126,7 @@ class Autoencoder(nn.Module):
     """Training graph: (amplitudes, offsets) -> (object patches, predicted amplitudes).
 
     Shares every weight with the ``DiffractionToObject`` it wraps; adds the probe (a buffer, in
-    the file's units), the trainable probe scale and the far-field forward model.
+    unit power), the trainable probe scale and the far-field forward model.
     """
 
     def __init__(self, diffraction_to_obj: DiffractionToObject, probe: torch.Tensor, probe_scale: float = 1.0):

@@ -168,19 +168,22 @@ def amplitude_mae(predicted_amplitude: torch.Tensor, measured_amplitude: torch.T
     return (predicted_amplitude - measured_amplitude).abs().mean()
 
 
-def probe_photon_scale(amplitudes: np.ndarray, probe: np.ndarray) -> float:
-    """Parseval estimate of the factor s_p that puts a probe in arbitrary units into sqrt(counts).
+def calibrate_probe(probe: np.ndarray, amplitudes: np.ndarray) -> tuple[np.ndarray, float]:
+    """(unit probe, scale s): a probe in any units as P / ||P|| and the factor that puts it in sqrt(counts).
 
-    sum(A**2) = sum(|s_p P O|**2) for each pattern (unitary FFT); with |O| = 1 under the probe,
-    s_p = sqrt(mean_m sum(A_m**2) / sum(|P|**2)). amplitudes: (M, N, N); probe: (N, N).
+    Parseval: sum(A**2) = sum(|s P_unit O|**2) for each pattern (unitary FFT), so with |O| = 1
+    under the probe s = sqrt(mean_m sum(A_m**2)). amplitudes: (M, N, N); probe: (N, N).
     A real object transmits less than 1, so this is the scale that makes the object's mean
     |O|**2 under the probe equal 1; the global factor of O is free in ptychography anyway.
+    Computed in float64 and from the unit probe, so a file's probe units (x 1e-3 or x 1e3)
+    change nothing downstream.
     """
+    probe64 = np.asarray(probe, dtype=np.complex128)
+    power = float(np.sum(np.abs(probe64) ** 2))
     counts = float(np.mean(np.sum(np.asarray(amplitudes, dtype=np.float64) ** 2, axis=(-2, -1))))
-    probe_power = float(np.sum(np.abs(np.asarray(probe, dtype=np.complex128)) ** 2))
-    if not (counts > 0 and probe_power > 0):
-        raise ValueError(f"cannot calibrate the probe: mean counts {counts}, probe power {probe_power}")
-    return math.sqrt(counts / probe_power)
+    if not (counts > 0 and power > 0 and math.isfinite(counts) and math.isfinite(power)):
+        raise ValueError(f"cannot calibrate the probe: mean counts per pattern {counts}, probe power {power}")
+    return (probe64 / math.sqrt(power)).astype(np.complex64), math.sqrt(counts)
 
 
 def window_share(probe: np.ndarray, window_px: int) -> float:

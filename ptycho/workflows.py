@@ -133,9 +133,9 @@ def train(
     )
     amplitudes, offsets = grouped_tensors(train_data.amplitudes, groups)
     torch.manual_seed(train_config.seed)  # the initial weights are part of a reproducible run
+    unit_probe, probe_scale = physics.calibrate_probe(train_data.probe, train_data.amplitudes)
     autoencoder, diffraction_to_obj = build_models(
-        architecture, train_data.probe, intensity_scale_of(train_data.amplitudes),
-        probe_scale=physics.probe_photon_scale(train_data.amplitudes, train_data.probe),
+        architecture, unit_probe, intensity_scale_of(train_data.amplitudes), probe_scale=probe_scale
     )
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports

@@ -227,8 +227,9 @@ def test_reconstruction_is_in_the_canvas_frame_without_registration(scan, rpie_s
 def test_coverage_is_the_illumination_and_unlit_pixels_are_zero(scan, rpie_sequential):
     reconstruction, _ = rpie_sequential
     coverage = reconstruction.coverage
-    # the map sums |P_j|^2 once per position, and the Fourier shift keeps sum |P_j|^2 = sum |P|^2
-    expected = scan.n_patterns * float(np.sum(np.abs(scan.probe.astype(np.complex128)) ** 2))
+    # the map sums |P_j|^2 of the calibrated probe once per position, and the Fourier shift
+    # keeps sum |P_j|^2 = sum |P|^2
+    expected = scan.n_patterns * float(np.sum(np.abs(reconstruction.probe.astype(np.complex128)) ** 2))
     np.testing.assert_allclose(coverage.sum(), expected, rtol=1e-4)
     unlit = coverage == 0
     assert unlit.any()  # canvas_frame's spill-over margin is never inside an integer window

@@ -1,0 +1,85 @@
+"""Data that ``ptycho.simulate`` did not make (``foreign_data``): probe units, probe window, DAG."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from foreign_data import build_scan, defocused_ring_probe, write_scan
+from ptycho import physics, workflows
+from ptycho.baseline import run_baseline
+from ptycho.bundle import load_bundle
+from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
+from ptycho.data import PtychoDataset, load_dataset
+
+FAST_TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=2e-3, early_stopping_patience=20, seed=3)
+FAST_MODEL = ModelConfig(n_filters_scale=0.25)
+
+
+def as_dataset(arrays: dict, probe_factor: float = 1.0) -> PtychoDataset:
+    return PtychoDataset(
+        amplitudes=arrays["diffraction"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
+        probe=(arrays["probeGuess"] * np.float32(probe_factor)).astype(np.complex64), object=arrays["objectGuess"],
+        scan_index=np.arange(len(arrays["xcoords"])), metadata={},
+    )
+
+
+def test_the_probe_window_follows_a_defocused_probe():
+    probe = defocused_ring_probe(32, 24.0)
+    assert physics.window_share(probe, 16) < 0.5  # most of the intensity lies outside N/2
+    window = physics.probe_window(probe, 0.99)
+    assert window > 16 and physics.window_share(probe, window) >= 0.99
+    assert physics.window_share(probe, window - 2) < 0.99  # the smallest such window
+    focused = np.zeros((32, 32), np.complex64)
+    focused[14:18, 14:18] = 1.0
+    assert physics.probe_window(focused, 0.99) == 16  # never below N/2
+
+
+def test_probe_scale_estimate_is_exact_for_a_unit_object():
+    # With |O| = 1 under the probe, sum(A**2) = s**2 sum(|P|**2) exactly (Parseval).
+    probe = defocused_ring_probe(32, 20.0)
+    amplitudes = np.abs(np.fft.fftshift(np.fft.fft2(7.5 * probe, norm="ortho")))[None].repeat(3, axis=0)
+    for units in (1e-3, 1.0, 1e3):
+        unit_probe, scale = physics.calibrate_probe(probe * units, amplitudes)
+        assert np.sum(np.abs(unit_probe.astype(np.complex128)) ** 2) == pytest.approx(1.0, rel=1e-6)
+        np.testing.assert_allclose(scale * unit_probe, 7.5 * probe, rtol=1e-5, atol=1e-5 * 7.5)
+
+
+@pytest.fixture(scope="module")
+def foreign_pair():
+    return build_scan(size=32, n_per_side=10, step_px=5, seed=1), build_scan(size=32, n_per_side=6, step_px=5, seed=2)
+
+
+def test_probe_units_do_not_change_the_reconstructions_or_metrics(foreign_pair, tmp_path):
+    # Units 2**-10, 1 and 2**10 (about 1e-3 and 1e3): powers of two scale a float exactly, so
+    # any use of the file's units anywhere downstream would show as a difference here, while
+    # training (chaotic in its last bits) stays comparable bit for bit.
+    train_arrays, test_arrays = foreign_pair
+    results = {}
+    for factor in (2.0**-10, 1.0, 2.0**10):
+        folder = tmp_path / f"x{factor:g}"
+        train, test = as_dataset(train_arrays, factor), as_dataset(test_arrays, factor)
+        workflows.train(train, FAST_MODEL, FAST_TRAIN, folder / "wts.h5.zip", folder / "h.csv", folder / "m.json", folder / "ck")
+        network = workflows.infer(test, folder / "wts.h5.zip", InferConfig(), folder / "net.npz", folder / "net.png", folder / "net.json")
+        baseline, _ = run_baseline(test, BaselineConfig(algorithm="rpie", iterations=5, batch_size=16), progress=False)
+        r_factors = [workflows.data_consistency(r, test)["r_factor"] for r in (network, baseline)]
+        results[factor] = (network, baseline, load_bundle(folder / "wts.h5.zip").probe_scale, r_factors)
+    reference = results[1.0]
+    for network, baseline, probe_scale, r_factors in results.values():
+        assert probe_scale == reference[2]  # the calibration absorbs the units
+        np.testing.assert_array_equal(network.object, reference[0].object)
+        np.testing.assert_array_equal(network.probe, reference[0].probe)
+        np.testing.assert_array_equal(baseline.object, reference[1].object)
+        assert r_factors == reference[3]
+    assert reference[3][0] < 0.5  # and the network did learn: its data R-factor after 3 epochs
+
+
+def test_baseline_calibration_absorbs_decimal_probe_units(foreign_pair):
+    # 1e-3 and 1e3 are not exact in floating point; rPIE converges, so the rounding stays small.
+    _, test_arrays = foreign_pair
+    objects = [
+        run_baseline(as_dataset(test_arrays, factor), BaselineConfig(algorithm="rpie", iterations=10, batch_size=16), progress=False)[0].object
+        for factor in (1e-3, 1.0, 1e3)
+    ]
+    for found in objects:
+        np.testing.assert_allclose(found, objects[1], atol=1e-4 * np.abs(objects[1]).max())
