@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ptycho import figures, metrics, physics, training
-from ptycho.baseline import run_baseline
+from ptycho.baseline import pixel_size_of, run_baseline
 from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import BaselineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
 from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
@@ -21,6 +21,7 @@ from ptycho.errors import DataError, PtychoError
 from ptycho.grouping import grouped_tensors, make_groups
 from ptycho.inference import reconstruct
 from ptycho.io import load_scan
+from ptycho.io.ptychodus import write_product
 from ptycho.model import Architecture, build_models, intensity_scale_of
 from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
 from ptycho.simulate import simulate_train_test
@@ -146,13 +147,19 @@ def train(
 def infer(
     test_data: PtychoDataset, bundle_path: str | Path, config: InferConfig,
     reconstruction_path: str | Path, figure_path: str | Path, stats_path: str | Path,
+    product_path: str | Path | None = None,
 ) -> Reconstruction:
-    """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings."""
+    """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings
+    (and, given `product_path`, the reconstruction as a ptychodus product.h5)."""
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
     reconstruction = reconstruct(bundle, test_data, config, bundle_path)
     seconds = time.perf_counter() - started
+    if reconstruction.pixel_size_m is None:
+        reconstruction = dataclasses.replace(reconstruction, pixel_size_m=pixel_size_of(test_data))
     save_reconstruction(reconstruction, reconstruction_path)
+    if product_path:
+        write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns}
     _write_text(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
@@ -338,12 +345,16 @@ def check(
 def baseline(
     test_data: PtychoDataset, config: BaselineConfig, reconstruction_path: str | Path,
     history_path: str | Path, stats_path: str | Path, figure_path: str | Path,
+    product_path: str | Path | None = None,
 ) -> list[float]:
-    """Iterative reference reconstruction of the test scan, in the network's output format."""
+    """Iterative reference reconstruction of the test scan, in the network's output format (with
+    the probe it used or refined; given `product_path`, also as a ptychodus product.h5)."""
     started = time.perf_counter()
     reconstruction, errors = run_baseline(test_data, config)
     seconds = time.perf_counter() - started
     save_reconstruction(reconstruction, reconstruction_path)
+    if product_path:
+        write_product(product_path, reconstruction, test_data, losses=errors)
     figures.reconstruction_figure(reconstruction, figure_path, f"iterative reconstruction ({reconstruction.method})")
     _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
