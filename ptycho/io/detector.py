@@ -17,8 +17,11 @@ frequency at [N/2, N/2]); positions are in object pixels.
   unchanged. The summed counts are the far field of the exit wave cut to the central N/b window,
   so the probe is cut to its central N/b x N/b window ([N/2 - N/(2b), N/2 + N/(2b))): valid only
   when the probe fits in it; the share of sum |P|^2 lost is measured and reported. The zero
-  frequency sits in the first pixel of its block, so binned patterns are centred to within
-  (b - 1) / 2 detector pixels (a linear object-phase ramp, which evaluation can remove).
+  frequency sits in the first pixel of its block, i.e. (b - 1)/(2b) binned pixels before the
+  centre [N'/2, N'/2] (a quarter pixel for b = 2): the data then equal the window's far field of
+  an object times exp(-2 pi i (b - 1)/(2b) (x + y)/N'), a linear phase ramp that the
+  reconstruction absorbs (evaluation can remove it, ``evaluate.remove_phase_ramp``). Measured in
+  tests/test_io_detector.py: 3.5 % amplitude misfit with the ramp, 17 % without, for b = 2.
 """
 
 from __future__ import annotations
