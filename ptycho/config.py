@@ -131,6 +131,8 @@ class PrepareConfig:
         _require(self.detector_crop_px == 0 or (self.detector_crop_px >= 16 and self.detector_crop_px % 2 == 0),
                  "prepare.detector_crop_px", f"must be 0 (no crop) or an even number >= 16, got {self.detector_crop_px}")
         _require(self.detector_bin >= 1, "prepare.detector_bin", f"must be >= 1, got {self.detector_bin}")
+        if self.source is not Source.SIMULATE:
+            return  # the simulation's settings do not apply to a file (and must not block one)
         for key, size in (("train_object_px", self.train_object_px), ("test_object_px", self.test_object_px)):
             _require(size >= self.N + 2, f"prepare.{key}", f"must exceed N + 2 = {self.N + 2}, got {size}")
         _require(
