@@ -92,7 +92,7 @@ def test_mask_bit_one_marks_invalid_pixels_only(tmp_path):
 
 
 def test_probe_modes_from_illumination(tmp_path):
-    modes = np.stack([gaussian_probe(SIZE, 2.5), 0.3 * gaussian_probe(SIZE, 4.0)]).astype(np.complex64)
+    modes = np.stack([30 * gaussian_probe(SIZE, 2.5), 3 * gaussian_probe(SIZE, 4.0)]).astype(np.complex64)  # counts' scale
     cxi_file(tmp_path / "p.cxi", probe=modes)
     data, _ = load_scan(tmp_path / "p.cxi", config(tmp_path / "p.cxi"))
     np.testing.assert_array_equal(data.probe_modes, modes)

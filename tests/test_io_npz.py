@@ -58,9 +58,11 @@ def test_float_counts_are_caught_too_and_warn_mode_goes_on(tmp_path):
     np.savez(tmp_path / "c.npz", diffraction=np.round(amp**2).astype(np.float32), xcoords=x, ycoords=y, probeGuess=probe)
     with pytest.raises(DataError, match="whole numbers"):
         load_scan(tmp_path / "c.npz", config(tmp_path / "c.npz"))
-    with pytest.warns(InputWarning, match="whole numbers"):
+    with pytest.warns(InputWarning) as caught:  # read as amplitudes: the probe is then far off too
         data, _ = load_scan(tmp_path / "c.npz", config(tmp_path / "c.npz", input_checks=InputChecks.WARN))
+    assert [str(w.message) for w in caught] == data.metadata["input_checks"]
     assert any("whole numbers" in message for message in data.metadata["input_checks"])
+    assert any("not on the counts' scale" in message for message in data.metadata["input_checks"])
 
 
 def test_amplitudes_are_not_mistaken_for_counts(tmp_path):

@@ -98,6 +98,6 @@ def probe_counts_ratio(amplitudes: np.ndarray, probe: np.ndarray) -> float:
     amplitudes (M, N, N) sqrt(counts), probe (K, N, N). About mean |O|^2 (<= 1 for a
     transmitting sample) when the probe is on the counts' scale (DESIGN.md §2, "probe scale").
     """
-    counts = float(np.mean(np.sum(amplitudes.astype(np.float64) ** 2, axis=(-2, -1))))
+    counts = float(np.sum(np.square(amplitudes), dtype=np.float64)) / amplitudes.shape[0]
     power = float(np.sum(np.abs(probe.astype(np.complex128)) ** 2))
     return counts / power if power > 0 else float("inf")
