@@ -29,7 +29,10 @@ from ptycho.io.raw import Finding, RawScan
 def _pattern_key(arrays: dict[str, np.ndarray], source: str) -> str:
     present = [key for key in ("diffraction", "diff3d") if key in arrays]
     if not present:
-        raise DataError(f"{source}: key 'diffraction': missing (also looked for the PtychoPINN key 'diff3d')")
+        raise DataError(
+            f"{source}: key 'diffraction': missing (also looked for the PtychoPINN key 'diff3d'); if this is another "
+            "format (tike, a ptychodus product), set prepare.source to it, or to auto"
+        )
     if len(present) == 2:
         raise DataError(f"{source}: key 'diffraction': ambiguous: the file holds both 'diffraction' and 'diff3d'")
     return present[0]
