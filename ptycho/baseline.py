@@ -54,7 +54,8 @@ over the batch; the illumination is T = Σ_j |O_j|² on the N x N probe grid (th
 shift is ignored in this denominator, a smooth weight) and the step is β = ``probe_step``.
 Object and probe updates of a batch both use the estimates the batch was computed with.
 The probe is first calibrated to the counts (``physics.calibrate_probe``: a file's probe is
-in arbitrary units); the reconstruction holds the calibrated (or refined) probe it pairs with.
+in arbitrary units), and the probe (calibrated, refined or not) is returned with the
+reconstruction, so that the data R-factor re-simulates with the probe that goes with this object.
 
 Cost and memory: per batch B, two FFTs of (B, N, N) plus gathers and ``index_add_`` scatters on
 the bounding box of the batch's windows (no Python work per pixel or per position). Memory is
@@ -140,21 +141,28 @@ def fourier_translate(images: torch.Tensor, shift_xy: torch.Tensor) -> torch.Ten
     return torch.fft.ifft2(torch.fft.fft2(images) * ramp)
 
 
+def translate_modes(probe: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
+    """Probe (N, N) or modes (K, N, N) translated by each of P shifts (P, 2) -> (P, K, N, N) (``fourier_translate``)."""
+    return torch.stack([fourier_translate(mode, shift_xy) for mode in probe.reshape(-1, *probe.shape[-2:])], dim=1)
+
+
 def model_amplitudes(
     obj: torch.Tensor, origin: tuple[int, int], xcoords: np.ndarray, ycoords: np.ndarray, probe: torch.Tensor
 ) -> torch.Tensor:
-    """The baseline's forward model: |F(P_j · O_window_j)| (P, N, N) for a canvas object (H, W).
+    """The baseline's forward model: sqrt(sum_k |F(P_kj · O_window_j)|²) (P, N, N) for a canvas object (H, W).
 
-    Integer windows of the canvas at ``origin`` and the probe translated by each position's
-    sub-pixel remainder (module docstring). Every window must lie inside the canvas.
+    probe: (N, N), or (K, N, N) incoherent modes whose intensities add. Integer windows of the
+    canvas at ``origin`` and the probe translated by each position's sub-pixel remainder
+    (module docstring). Every window must lie inside the canvas.
     """
     size = probe.shape[-1]
     rows0, cols0, remainder = window_geometry(xcoords, ycoords, size, origin)
     corners, offsets = _flat_windows(rows0, cols0, size, obj.shape)
     index = corners.view(-1, 1) + offsets
-    probes = fourier_translate(probe, torch.from_numpy(remainder))
-    patches = obj.reshape(-1).index_select(0, index.view(-1)).view(-1, size, size)
-    return torch.fft.fftshift(torch.fft.fft2(probes * patches, norm="ortho"), dim=(-2, -1)).abs()
+    probes = translate_modes(probe, torch.from_numpy(remainder))
+    patches = obj.reshape(-1).index_select(0, index.view(-1)).view(-1, 1, size, size)
+    far = torch.fft.fftshift(torch.fft.fft2(probes * patches, norm="ortho"), dim=(-2, -1))
+    return torch.sqrt((far.real**2 + far.imag**2).sum(dim=1))
 
 
 def _flat_windows(
@@ -183,16 +191,23 @@ def run_baseline(
 ) -> tuple[Reconstruction, list[float]]:
     """Reconstruct the object of a scan by ePIE/rPIE (module docstring) from a flat object.
 
-    data: the scan (amplitudes (M, N, N), positions, probe; ``data.object`` is not used).
-    Returns (Reconstruction(object (H, W) complex64, origin, coverage, method="baseline-<algorithm>"),
+    data: the scan (amplitudes (M, N, N), positions, probe or incoherent probe modes, optional
+    detector mask; ``data.object`` is not used). Masked pixels keep the model's modulus in the
+    amplitude constraint and are left out of the error.
+    Returns (Reconstruction(object (H, W) complex64, origin, coverage, method="baseline-<algorithm>",
+    probe = the probe used, refined when ``update_probe``: (N, N), or (K, N, N) for modes),
     errors): the object on the ``canvas_frame`` canvas, zero where no window reaches (the
-    canvas keeps canvas_frame's one-pixel spill-over margin); coverage = Σ_j |P_j|² placed at
+    canvas keeps canvas_frame's one-pixel spill-over margin); coverage = Σ_j Σ_k |P_kj|² placed at
     each window (float32, the illumination map); errors[i] = the normalised amplitude error
-    sqrt(Σ (|F| - A)² / Σ A²) of sweep i over all patterns, each pattern's |F| taken from the
-    estimate in use when that pattern was processed *during* the sweep (no extra forward pass;
-    the estimate after the last sweep is slightly better than errors[-1] says).
+    sqrt(Σ (|F| - A)² / Σ A²) of sweep i over all patterns (valid pixels), each pattern's |F|
+    taken from the estimate in use when that pattern was processed *during* the sweep (no extra
+    forward pass; the estimate after the last sweep is slightly better than errors[-1] says).
     ``on_iteration(sweeps_done, object)``, if given, sees the canvas object (H, W) after each
     sweep (not to be modified) and stops the run early by returning True (for benchmarks).
+
+    Incoherent modes (Thibault & Menzel, Nature 494, 68 (2013)): |F|² = Σ_k |F_k|², every mode's
+    far field is scaled by the same A / |F|, the object step uses Σ_k conj(P_k) Δψ_k over the
+    illumination Σ_k |P_k|², and each mode gets its own probe step.
     """
     if not isinstance(settings, BaselineConfig):
         raise ConfigError(f"baseline: expected BaselineConfig, got {type(settings).__name__}")
@@ -204,21 +219,22 @@ def run_baseline(
     remainder_t = torch.from_numpy(remainder)
     # ifftshift once: the amplitude constraint then works on unshifted fft2 output.
     measured = torch.fft.ifftshift(torch.from_numpy(data.amplitudes), dim=(-2, -1))
+    valid = None if data.mask is None else torch.fft.ifftshift(torch.from_numpy(data.mask), dim=(-2, -1))
     total_energy = float(torch.sum(measured.double() ** 2))
     if total_energy <= 0:
         raise DataError("run_baseline: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
 
-    # The file's probe is in arbitrary units: calibrate it to the counts (Parseval, as the
-    # network does), so that the flat start |O| = 1 is at the scale of the solution and the
-    # result does not depend on the units of the file.
-    unit_probe, probe_scale = physics.calibrate_probe(data.probe, data.amplitudes)
-    probe = torch.from_numpy(unit_probe) * probe_scale
+    # The file's probe is in arbitrary units: calibrate it (all modes together) to the counts
+    # (Parseval, as the network does), so that the flat start |O| = 1 is at the scale of the
+    # solution and the result does not depend on the units of the file.
+    unit_probe, probe_scale = physics.calibrate_probe(data.all_probe_modes, data.amplitudes)
+    probe = torch.from_numpy(unit_probe) * probe_scale  # (K, N, N)
     obj = torch.ones(height, width, dtype=torch.complex64)
     flat = obj.view(-1)
     cache = None
-    if not settings.update_probe and count * size * size * 8 <= _CACHE_LIMIT_BYTES:
-        cache = fourier_translate(probe, remainder_t)
-        cache_intensity = cache.real**2 + cache.imag**2
+    if not settings.update_probe and count * probe.shape[0] * size * size * 8 <= _CACHE_LIMIT_BYTES:
+        cache = translate_modes(probe, remainder_t)  # (M, K, N, N)
+        cache_intensity = (cache.real**2 + cache.imag**2).sum(dim=1)
     weight = STEP_WEIGHTS[settings.algorithm]
     batch_size = min(settings.batch_size, count)
     generator = torch.Generator().manual_seed(int(settings.seed))
@@ -231,18 +247,21 @@ def run_baseline(
         misfit = 0.0
         for start in range(0, count, batch_size):
             batch = order[start : start + batch_size]
-            probes = cache.index_select(0, batch) if cache is not None else fourier_translate(probe, remainder_t[batch])
+            probes = cache.index_select(0, batch) if cache is not None else translate_modes(probe, remainder_t[batch])
             # index_select, not flat[...]: the same gather without a parallel region per call
             window_index = corners.index_select(0, batch).view(-1, 1) + offsets  # (B, N*N)
-            patches = flat.index_select(0, window_index.view(-1)).view(-1, size, size)
-            exit_waves = probes * patches
+            patches = flat.index_select(0, window_index.view(-1)).view(-1, 1, size, size)
+            exit_waves = probes * patches  # (B, K, N, N)
             far = torch.fft.fft2(exit_waves, norm="ortho")
-            modulus = far.abs()
+            modulus = torch.sqrt((far.real**2 + far.imag**2).sum(dim=1))  # (B, N, N)
             target = measured.index_select(0, batch)
+            if valid is not None:  # masked pixels keep the model's modulus (no constraint there)
+                target = torch.where(valid, target, modulus)
             misfit += float(torch.sum((modulus - target) ** 2))
             # Where F = 0 exactly (outside the probe's band limit) it stays 0: the clamp keeps
             # A / |F| finite (amplitudes far below 1e8) and 0 * finite = 0.
-            delta = torch.fft.ifft2(far * (target / modulus.clamp(min=1e-30)), norm="ortho") - exit_waves
+            ratio = (target / modulus.clamp(min=1e-30)).unsqueeze(1)
+            delta = torch.fft.ifft2(far * ratio, norm="ortho") - exit_waves
 
             # Object: sum the batch's updates on the bounding box of its windows.
             r0, c0 = rows0[batch.numpy()], cols0[batch.numpy()]
@@ -252,33 +271,46 @@ def run_baseline(
                 grid.view(-1, 1) * box_w + grid.view(1, -1)
             ).reshape(1, -1)
             numerator = torch.zeros(box_h * box_w, dtype=torch.complex64)
-            numerator.index_add_(0, local.reshape(-1), (probes.conj() * delta).reshape(-1))
+            numerator.index_add_(0, local.reshape(-1), (probes.conj() * delta).sum(dim=1).reshape(-1))
             illumination = torch.zeros(box_h * box_w, dtype=torch.float32)
-            intensities = cache_intensity.index_select(0, batch) if cache is not None else probes.real**2 + probes.imag**2
+            intensities = cache_intensity.index_select(0, batch) if cache is not None else (probes.real**2 + probes.imag**2).sum(dim=1)
             illumination.index_add_(0, local.reshape(-1), intensities.reshape(-1))
             # Outside the windows the numerator is 0 and the (finite, rpie_alpha > 0) step irrelevant.
             step = weight(illumination, settings.object_step, settings.rpie_alpha)
             obj[top : top + box_h, left : left + box_w] += (step * numerator).view(box_h, box_w)
 
             if settings.update_probe:
-                gradient = fourier_translate(patches.conj() * delta, -remainder_t[batch]).sum(dim=0)
-                probe_illumination = (patches.real**2 + patches.imag**2).sum(dim=0)
+                shift_back = -remainder_t[batch]
+                gradient = torch.stack(
+                    [fourier_translate(patches[:, 0].conj() * delta[:, k], shift_back).sum(dim=0) for k in range(probe.shape[0])]
+                )
+                probe_illumination = (patches.real**2 + patches.imag**2).sum(dim=(0, 1))
                 probe = probe + weight(probe_illumination, settings.probe_step, settings.rpie_alpha) * gradient
         errors.append(math.sqrt(misfit / total_energy))
         sweeps.set_postfix(error=f"{errors[-1]:.4g}")
         if on_iteration is not None and on_iteration(len(errors), obj):
             break
 
-    probes_final = cache if cache is not None else fourier_translate(probe, remainder_t)
+    probes_final = cache if cache is not None else translate_modes(probe, remainder_t)
     coverage = torch.zeros(height * width, dtype=torch.float32)
-    coverage.index_add_(0, (corners.view(-1, 1) + offsets).reshape(-1), (probes_final.abs() ** 2).reshape(-1))
+    coverage.index_add_(0, (corners.view(-1, 1) + offsets).reshape(-1), (probes_final.abs() ** 2).sum(dim=1).reshape(-1))
     coverage = coverage.view(height, width)
     obj = torch.where(coverage > 0, obj, torch.zeros_like(obj))
+    final_probe = probe.numpy().astype(np.complex64)
     reconstruction = Reconstruction(
         object=obj.numpy().astype(np.complex64),
         origin=origin,
         coverage=coverage.numpy().astype(np.float32),
         method=f"baseline-{settings.algorithm.value}",
-        probe=probe.numpy().astype(np.complex64),
+        probe=final_probe[0] if final_probe.shape[0] == 1 else final_probe,
+        pixel_size_m=pixel_size_of(data),
     )
     return reconstruction, errors
+
+
+def pixel_size_of(data: PtychoDataset) -> tuple[float, float] | None:
+    """The object pixel (x, y) in metres from ``metadata["object_pixel_size_m"]``, or None."""
+    pixel = data.metadata.get("object_pixel_size_m")
+    if isinstance(pixel, list) and len(pixel) == 2 and all(isinstance(p, (int, float)) and p > 0 for p in pixel):
+        return float(pixel[0]), float(pixel[1])
+    return None

@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
+from pathlib import Path
 
 from ptycho import __version__, config, workflows
 from ptycho.data import load_dataset
-from ptycho.errors import PtychoError
+from ptycho.errors import ConfigError, InputWarning, PtychoError
+
+
+def _check_inputs_inside(prepare_config: config.PrepareConfig, inputs: str) -> None:
+    """In the pipeline every input file must lie under the folder that dvc.yaml tracks (a DVC dependency)."""
+    if not inputs or prepare_config.source is config.Source.SIMULATE:
+        return
+    folder = Path(os.path.normpath(Path(inputs).absolute()))
+    for key in ("train_file", "test_file"):
+        value = getattr(prepare_config, key)
+        # normpath, not resolve: a symbolic link inside the folder is fine (DVC hashes its target)
+        if value and not Path(os.path.normpath(Path(value).absolute())).is_relative_to(folder):
+            raise ConfigError(
+                f"prepare.{key}: {value!r} is outside {inputs}/, the folder the pipeline tracks as prepare's dependency, "
+                f"so a changed file would not re-run prepare; copy or link it into {inputs}/ and give that path"
+            )
 
 
 def _prepare(args: argparse.Namespace) -> None:
     prepare_config = config.load_section(args.params, "prepare")
-    train, test = workflows.prepare(prepare_config, args.train, args.test, args.preview)
-    print(f"prepare: wrote {args.train} ({train.n_patterns} patterns) and {args.test} ({test.n_patterns} patterns)")
+    _check_inputs_inside(prepare_config, args.inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        train, test = workflows.prepare(prepare_config, args.train, args.test, args.preview)
+    for warning in caught:
+        print(f"ptycho prepare: warning: {warning.message}", file=sys.stderr)
+    source = train.metadata.get("source_detected")
+    print(f"prepare: wrote {args.train} ({train.n_patterns} patterns) and {args.test} ({test.n_patterns} patterns)"
+          + (f"; read as {source}" if source else ""))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -28,7 +53,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _infer(args: argparse.Namespace) -> None:
     infer_config = config.load_section(args.params, "infer")
-    reconstruction = workflows.infer(load_dataset(args.test_data), args.bundle, infer_config, args.reconstruction, args.figure, args.stats)
+    reconstruction = workflows.infer(load_dataset(args.test_data), args.bundle, infer_config, args.reconstruction, args.figure, args.stats, args.product)
     print(f"infer: wrote {args.reconstruction} ({reconstruction.object.shape[0]} x {reconstruction.object.shape[1]} px, origin {reconstruction.origin})")
 
 
@@ -48,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _baseline(args: argparse.Namespace) -> None:
     baseline_config = config.load_section(args.params, "baseline")
-    errors = workflows.baseline(load_dataset(args.test_data), baseline_config, args.reconstruction, args.history, args.stats, args.figure)
+    errors = workflows.baseline(load_dataset(args.test_data), baseline_config, args.reconstruction, args.history, args.stats, args.figure, args.product)
     print(f"baseline: wrote {args.reconstruction}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} iterations")
 
 
@@ -72,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--train", default="data/prepared/train.npz", help="training NPZ to write")
     prepare.add_argument("--test", default="data/prepared/test.npz", help="test NPZ to write")
     prepare.add_argument("--preview", default="data/prepared/preview.png", help="preview PNG to write")
+    prepare.add_argument("--inputs", default="", help="folder every input file must lie in (the pipeline passes data/raw, its tracked dependency)")
     prepare.set_defaults(run=_prepare)
 
     train = commands.add_parser("train", help="train the network on the training NPZ; write the bundle wts.h5.zip")
@@ -91,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--reconstruction", default="results/reconstruction.npz", help="reconstruction to write")
     infer.add_argument("--figure", default="results/reconstruction.png", help="amplitude/phase PNG to write")
     infer.add_argument("--stats", default="results/infer_stats.json", help="inference timing (JSON)")
+    infer.add_argument("--product", default="", help="also write the reconstruction as a ptychodus product.h5 (optional)")
     infer.set_defaults(run=_infer)
 
     evaluate = commands.add_parser("evaluate", help="score the reconstruction; write metrics.json, FRC CSV and a figure")
@@ -112,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--history", default="results/baseline_history.csv", help="error metric per iteration (CSV)")
     baseline.add_argument("--stats", default="results/baseline_stats.json", help="timing (JSON)")
     baseline.add_argument("--figure", default="results/baseline.png", help="amplitude/phase PNG to write")
+    baseline.add_argument("--product", default="", help="also write the reconstruction as a ptychodus product.h5 (optional)")
     baseline.set_defaults(run=_baseline)
 
     check = commands.add_parser("check", help="verify the pipeline's artifacts and metric thresholds (for CI)")

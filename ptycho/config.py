@@ -24,7 +24,44 @@ from ptycho.errors import ConfigError
 
 class Source(str, enum.Enum):
     SIMULATE = "simulate"
-    NPZ = "npz"
+    NPZ = "npz"  # canonical or PtychoPINN-style NPZ (also ptychodus's PtychoPINN export)
+    CXI = "cxi"  # CXI (HDF5) file
+    PTYCHODUS = "ptychodus"  # ptychodus product (.h5 / .npz) with its diffraction.h5, or their folder
+    TIKE = "tike"  # tike scan NPZ (data, scan, probe)
+    AUTO = "auto"  # detect the format of train_file from its content (the detection is recorded)
+
+
+class DiffractionQuantity(str, enum.Enum):
+    AUTO = "auto"  # what the file or its format states; undeclared count-like data are refused
+    AMPLITUDE = "amplitude"
+    INTENSITY = "intensity"
+
+
+class PatternOrder(str, enum.Enum):
+    AUTO = "auto"  # (M, N, N), or (N, N, M) when unambiguous; an (N, N, N) cube is refused
+    MNN = "MNN"
+    NNM = "NNM"
+
+
+class ZeroFrequency(str, enum.Enum):
+    AUTO = "auto"  # where the format puts it (tike: corners; others: centre), then checked
+    CENTRE = "centre"
+    CORNERS = "corners"  # the file is not fftshifted: shift it once at ingestion
+
+
+class CxiTranslation(str, enum.Enum):
+    PROBE = "probe"  # translation = probe position on the sample (ptychodus writes this)
+    SAMPLE = "sample"  # translation = sample motion = minus the probe position
+
+
+class ProbeScale(str, enum.Enum):
+    FILE = "file"  # keep the file's probe as it is
+    COUNTS = "counts"  # scale it so that sum |P|^2 = mean counts per pattern (recorded)
+
+
+class InputChecks(str, enum.Enum):
+    ERROR = "error"  # a failed input check stops prepare (the message says how to fix it)
+    WARN = "warn"  # a failed input check is reported and recorded, and prepare goes on
 
 
 class ObjectKind(str, enum.Enum):
@@ -63,10 +100,18 @@ class PrepareConfig:
     """`prepare:` section: where the train/test data come from."""
 
     source: Source = Source.SIMULATE
-    train_file: str = ""  # source npz: canonical NPZ with the training scan
-    test_file: str = ""  # source npz, optional: separate test scan; empty = split train_file
+    train_file: str = ""  # file sources: the training scan (a file under data/raw/ in the pipeline)
+    test_file: str = ""  # file sources, optional: separate test scan; empty = split train_file
     test_fraction: float = 0.25  # single file: share of positions (largest x) held out for test
-    N: int = 64  # pattern size in pixels (even)
+    N: int = 64  # pattern size in pixels (even); file sources: must equal the size after crop/bin
+    diffraction_quantity: DiffractionQuantity = DiffractionQuantity.AUTO
+    pattern_order: PatternOrder = PatternOrder.AUTO
+    zero_frequency: ZeroFrequency = ZeroFrequency.AUTO
+    cxi_translation: CxiTranslation = CxiTranslation.PROBE
+    detector_crop_px: int = 0  # centred crop of the patterns to this size, px (0 = none)
+    detector_bin: int = 1  # b x b binning of the (cropped) detector (1 = none)
+    probe_scale: ProbeScale = ProbeScale.FILE
+    input_checks: InputChecks = InputChecks.ERROR
     object_kind: ObjectKind = ObjectKind.GRF
     train_object_px: int = 256  # side of the square training object, pixels
     test_object_px: int = 160  # side of the (different) test object, pixels
@@ -86,8 +131,13 @@ class PrepareConfig:
     def check(self) -> None:
         _require(self.N >= 16 and self.N % 2 == 0, "prepare.N", f"must be an even number >= 16, got {self.N}")
         _require(0.0 < self.test_fraction < 1.0, "prepare.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
-        if self.source is Source.NPZ:
-            _require(bool(self.train_file), "prepare.train_file", "is required when source is 'npz'")
+        if self.source is not Source.SIMULATE:
+            _require(bool(self.train_file), "prepare.train_file", f"is required when source is '{self.source.value}'")
+        _require(self.detector_crop_px == 0 or (self.detector_crop_px >= 16 and self.detector_crop_px % 2 == 0),
+                 "prepare.detector_crop_px", f"must be 0 (no crop) or an even number >= 16, got {self.detector_crop_px}")
+        _require(self.detector_bin >= 1, "prepare.detector_bin", f"must be >= 1, got {self.detector_bin}")
+        if self.source is not Source.SIMULATE:
+            return  # the simulation's settings do not apply to a file (and must not block one)
         for key, size in (("train_object_px", self.train_object_px), ("test_object_px", self.test_object_px)):
             _require(size >= self.N + 2, f"prepare.{key}", f"must exceed N + 2 = {self.N + 2}, got {size}")
         _require(

@@ -12,7 +12,17 @@ probeGuess     (N, N)     complex64  probe
 objectGuess    (H, W)     complex64  ground-truth / reference object (optional)
 scan_index     (M,)       int64      scan order (optional; default arange(M))
 metadata       ()         str        JSON object (optional; default {})
+mask           (N, N)     bool       detector pixels to trust: True = valid (optional;
+                                     default all valid). Masked pixels hold amplitude 0
+                                     and are left out of the baseline's amplitude
+                                     constraint, the losses and the R-factor.
+probe_modes    (K, N, N)  complex64  incoherent probe modes, K >= 2 (optional); mode 0
+                                     equals ``probeGuess``; intensities add over modes
 =============  =========  =========  ===================================================
+
+Units (ptycho.io writes them when a file states them): ``metadata`` keys
+``wavelength_m``, ``detector_distance_m``, ``detector_pixel_size_m`` ([x, y]) and
+``object_pixel_size_m`` ([x, y], = wavelength * distance / (N * detector pixel)).
 
 Conventions (DESIGN.md section 2): the object is indexed ``[row, col]``; the probe window of
 pattern i covers columns ``x_i - N/2 ... x_i + N/2 - 1`` and rows ``y_i - N/2 ... y_i + N/2 - 1``.
@@ -64,6 +74,10 @@ class PtychoDataset:
     object:     (H, W) complex64 ground truth or reference, or None.
     scan_index: (M,) int64, scan order of each pattern.
     metadata:   JSON-serialisable dict (nphotons, units, provenance, conversions done).
+    mask:       (N, N) bool, True = valid detector pixel, or None (all valid).
+    probe_modes: (K, N, N) complex64 incoherent probe modes (K >= 2, mode 0 == probe), or
+                None (one coherent probe). Consumers that use only ``probe`` miss the power
+                of modes 1..K-1.
     """
 
     amplitudes: np.ndarray
@@ -73,6 +87,13 @@ class PtychoDataset:
     object: np.ndarray | None
     scan_index: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
+    probe_modes: np.ndarray | None = None
+
+    @property
+    def all_probe_modes(self) -> np.ndarray:
+        """(K, N, N) complex64: every probe mode (K = 1 for a single coherent probe)."""
+        return self.probe[None] if self.probe_modes is None else self.probe_modes
 
     @property
     def n_patterns(self) -> int:
@@ -195,6 +216,23 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
 
     _check_metadata(dataset.metadata, source)
 
+    if dataset.mask is not None:
+        _check_array(dataset.mask, source, "mask", ("N", "N"), np.bool_)
+        if dataset.mask.shape != (n, n):
+            raise _error(source, "mask", f"shape {dataset.mask.shape} does not match the patterns: expected {(n, n)}")
+        if not dataset.mask.any():
+            raise _error(source, "mask", "marks every detector pixel invalid")
+
+    if dataset.probe_modes is not None:
+        _check_array(dataset.probe_modes, source, "probe_modes", ("K", "N", "N"), np.complex64)
+        if dataset.probe_modes.shape[1:] != (n, n) or dataset.probe_modes.shape[0] < 2:
+            raise _error(
+                source, "probe_modes", f"expected (K, {n}, {n}) with K >= 2, found shape {dataset.probe_modes.shape}"
+            )
+        _check_finite(dataset.probe_modes, source, "probe_modes", "probe")
+        if not np.array_equal(dataset.probe_modes[0], dataset.probe):
+            raise _error(source, "probe_modes", "mode 0 differs from 'probeGuess'; they must be the same array")
+
     if dataset.object is not None:
         _check_positions_inside(dataset, source)
 
@@ -236,8 +274,9 @@ def _check_positions_inside(dataset: PtychoDataset, source: str) -> None:
         )
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every member of the NPZ at `path`, read without pickle."""
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every member of the NPZ at `path`, read without pickle; DataError for anything else."""
+    path = Path(path)
     source = str(path)
     if not path.exists():
         raise DataError(f"{source}: file not found")
@@ -273,7 +312,7 @@ def _read_member(npz: Any, key: str, source: str) -> np.ndarray:
     return value
 
 
-def _parse_metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any]:
+def parse_metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any]:
     if "metadata" not in arrays:
         return {}
     value = arrays["metadata"]
@@ -295,7 +334,7 @@ def _parse_metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any
     return parsed
 
 
-def _cast(value: np.ndarray, source: str, key: str, dtype: Any) -> np.ndarray:
+def cast(value: np.ndarray, source: str, key: str, dtype: Any) -> np.ndarray:
     """`value` as a C-contiguous array of `dtype`, refusing casts that change meaning."""
     target = np.dtype(dtype)
     if value.dtype.kind not in _CASTABLE_KINDS[target.kind]:
@@ -342,16 +381,16 @@ def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None 
     """
     path = Path(path)
     source = str(path)
-    arrays = _read_npz(path)
-    metadata = _parse_metadata(arrays, source)
+    arrays = read_npz(path)
+    metadata = parse_metadata(arrays, source)
     diff_key = _diffraction_key(arrays, source)
     for key in _REQUIRED_KEYS:
         if key not in arrays:
             raise _error(source, key, "missing")
 
-    xcoords = _cast(arrays["xcoords"], source, "xcoords", np.float64)
-    ycoords = _cast(arrays["ycoords"], source, "ycoords", np.float64)
-    raw = _cast(arrays[diff_key], source, diff_key, np.float32)
+    xcoords = cast(arrays["xcoords"], source, "xcoords", np.float64)
+    ycoords = cast(arrays["ycoords"], source, "ycoords", np.float64)
+    raw = cast(arrays[diff_key], source, diff_key, np.float32)
 
     # Legacy (N, N, M): only when the first two axes are equal and the last one differs from
     # them and equals the number of positions; a cube (N, N, N) is read as canonical.
@@ -375,21 +414,31 @@ def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None 
 
     n_patterns = amplitudes.shape[0] if amplitudes.ndim > 0 else 0
     if "scan_index" in arrays:
-        scan_index = _cast(arrays["scan_index"], source, "scan_index", np.int64)
+        scan_index = cast(arrays["scan_index"], source, "scan_index", np.int64)
     else:
         scan_index = np.arange(n_patterns, dtype=np.int64)
     obj = None
     if "objectGuess" in arrays:
-        obj = _cast(arrays["objectGuess"], source, "objectGuess", np.complex64)
+        obj = cast(arrays["objectGuess"], source, "objectGuess", np.complex64)
+    mask = None
+    if "mask" in arrays:
+        mask = arrays["mask"]
+        if mask.dtype != np.bool_:
+            raise _error(source, "mask", f"expected dtype bool (True = valid pixel), found {mask.dtype}")
+    probe_modes = None
+    if "probe_modes" in arrays:
+        probe_modes = cast(arrays["probe_modes"], source, "probe_modes", np.complex64)
 
     dataset = PtychoDataset(
         amplitudes=amplitudes,
         xcoords=xcoords,
         ycoords=ycoords,
-        probe=_cast(arrays["probeGuess"], source, "probeGuess", np.complex64),
+        probe=cast(arrays["probeGuess"], source, "probeGuess", np.complex64),
         object=obj,
         scan_index=scan_index,
         metadata=metadata,
+        mask=mask,
+        probe_modes=probe_modes,
     )
     validate(dataset, source, diffraction_key=diff_key)
     return dataset
@@ -415,5 +464,9 @@ def save_dataset(dataset: PtychoDataset, path: str | os.PathLike[str]) -> None:
     arrays["scan_index"] = dataset.scan_index
     # A 0-d unicode array: stored as plain .npy, no pickle. Sorted keys make the bytes stable.
     arrays["metadata"] = np.array(json.dumps(dataset.metadata, sort_keys=True, allow_nan=False))
+    if dataset.mask is not None:
+        arrays["mask"] = dataset.mask
+    if dataset.probe_modes is not None:
+        arrays["probe_modes"] = dataset.probe_modes
 
     write_npz(path, arrays)

@@ -15,3 +15,7 @@ class DataError(PtychoError):
 
 class BundleError(PtychoError):
     """A model bundle `wts.h5.zip` is missing, corrupt, foreign or inconsistent with the model."""
+
+
+class InputWarning(UserWarning):
+    """An input file looks suspicious but can be read; the message says what to check or set."""

@@ -145,27 +145,39 @@ def forward_amplitude(object_patches: torch.Tensor, probe: torch.Tensor) -> torc
     return far_field(object_patches * probe).abs()
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of values (..., N, N) over the pixels where mask (N, N) is True (all pixels if None)."""
+    if mask is None:
+        return values.mean()
+    weights = mask.to(values.dtype).expand_as(values)
+    return (values * weights).sum() / weights.sum()
+
+
 def poisson_nll(
     predicted_amplitude: torch.Tensor,
     measured_amplitude: torch.Tensor,
     intensity_scale: float = 1.0,
     eps: float = 1e-6,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean Poisson negative log-likelihood of measured counts given predicted amplitudes.
 
     lambda = (s * A_pred)**2 and k = (s * A_meas)**2 are expected and observed counts, with s
     (``intensity_scale``) the factor that maps the amplitudes given here back to sqrt(counts);
     per pixel lambda - k * log(lambda + eps), the terms that do not depend on the prediction
-    dropped. Returns a scalar (mean over all pixels).
+    dropped. ``mask`` (N, N) bool, True = valid detector pixel: invalid pixels are left out of
+    the mean. Returns a scalar (mean over all, or all valid, pixels).
     """
     expected = (intensity_scale * predicted_amplitude) ** 2
     observed = (intensity_scale * measured_amplitude) ** 2
-    return (expected - observed * torch.log(expected + eps)).mean()
+    return _masked_mean(expected - observed * torch.log(expected + eps), mask)
 
 
-def amplitude_mae(predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error between amplitudes (the alternative training loss)."""
-    return (predicted_amplitude - measured_amplitude).abs().mean()
+def amplitude_mae(
+    predicted_amplitude: torch.Tensor, measured_amplitude: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean absolute error between amplitudes (the alternative training loss); ``mask`` as in ``poisson_nll``."""
+    return _masked_mean((predicted_amplitude - measured_amplitude).abs(), mask)
 
 
 def calibrate_probe(probe: np.ndarray, amplitudes: np.ndarray) -> tuple[np.ndarray, float]:

@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from ptycho import figures, metrics, physics, training
-from ptycho.baseline import run_baseline
+from ptycho.baseline import pixel_size_of, run_baseline
 from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import BaselineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
 from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
 from ptycho.errors import DataError, PtychoError
 from ptycho.grouping import grouped_tensors, make_groups
 from ptycho.inference import reconstruct
+from ptycho.io import load_scan
+from ptycho.io.ptychodus import write_product
 from ptycho.model import Architecture, build_models, intensity_scale_of
 from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
 from ptycho.simulate import simulate_train_test
@@ -60,14 +62,12 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
     if config.source is Source.SIMULATE:
         train, test = simulate_train_test(config)
     elif config.test_file:
-        train, test = load_dataset(config.train_file), load_dataset(config.test_file)
-        if test.pattern_size != train.pattern_size:
-            raise DataError(
-                f"{config.test_file}: key 'diffraction': pattern size {test.pattern_size} differs "
-                f"from the training file's {train.pattern_size} ({config.train_file})"
-            )
+        train, factor = load_scan(config.train_file, config)
+        # The probe scale is measured on the training file and reused (DESIGN.md §2).
+        test, _ = load_scan(config.test_file, config, probe_scale_factor=factor)
     else:
-        train, test = split_spatially(load_dataset(config.train_file), config.test_fraction, config.train_file)
+        scan, _ = load_scan(config.train_file, config)
+        train, test = split_spatially(scan, config.test_fraction, config.train_file)
     validate(train, str(train_path))
     validate(test, str(test_path))
     save_dataset(train, train_path)
@@ -163,30 +163,42 @@ def train(
 def infer(
     test_data: PtychoDataset, bundle_path: str | Path, config: InferConfig,
     reconstruction_path: str | Path, figure_path: str | Path, stats_path: str | Path,
+    product_path: str | Path | None = None,
 ) -> Reconstruction:
-    """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings."""
+    """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings
+    (and, given `product_path`, the reconstruction as a ptychodus product.h5)."""
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
     reconstruction = reconstruct(bundle, test_data, config, bundle_path)
     seconds = time.perf_counter() - started
+    if reconstruction.pixel_size_m is None:
+        reconstruction = dataclasses.replace(reconstruction, pixel_size_m=pixel_size_of(test_data))
     save_reconstruction(reconstruction, reconstruction_path)
+    if product_path:
+        write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns}
     _write_text(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
     return reconstruction
 
 
-def data_consistency(reconstruction: Reconstruction, data: PtychoDataset) -> dict[str, float]:
-    """R-factor and normalised error of the measured amplitudes against those re-simulated
-    from the reconstruction and its probe (the data's probe for files without one: the
-    network's object pairs with the calibrated probe of its bundle), over positions whose window the
-    reconstruction covers everywhere the probe is bright (probe amplitude >= 10 % of its peak).
+def scoring_probe(reconstruction: Reconstruction, data: PtychoDataset) -> np.ndarray:
+    """(K, N, N): the reconstruction's own probe when it has one, else the data's probe modes."""
+    probe = reconstruction.probe if reconstruction.probe is not None else data.all_probe_modes
+    return probe[None] if probe.ndim == 2 else probe
+
+
+def scorable_positions(reconstruction: Reconstruction, data: PtychoDataset) -> np.ndarray:
+    """Indices of the positions whose window the reconstruction covers wherever its probe is bright.
+
+    Bright: total probe amplitude sqrt(Σ_k |P_k|²) >= 10 % of its peak.
     """
     size = data.pattern_size
     x0, y0 = reconstruction.origin
-    probe = torch.from_numpy(data.probe if reconstruction.probe is None else reconstruction.probe)
-    bright = (probe.abs() >= 0.1 * probe.abs().max()).numpy()
-    obj = torch.from_numpy(reconstruction.object)
+    amplitude = np.sqrt(np.sum(np.abs(scoring_probe(reconstruction, data)) ** 2, axis=0))
+    if amplitude.shape != (size, size):
+        raise DataError(f"reconstruction ({reconstruction.method}): key 'probe': shape {amplitude.shape} does not match the {size} px patterns")
+    bright = amplitude >= 0.1 * amplitude.max()
     covered = reconstruction.coverage > 0
     keep = []
     for index, (x, y) in enumerate(zip(data.xcoords, data.ycoords)):
@@ -194,13 +206,28 @@ def data_consistency(reconstruction: Reconstruction, data: PtychoDataset) -> dic
         window = covered[max(row, 0) : row + size, max(col, 0) : col + size]
         if row >= 0 and col >= 0 and window.shape == (size, size) and window[bright].all():
             keep.append(index)
-    if not keep:
+    return np.array(keep, dtype=np.int64)
+
+
+def data_consistency(reconstruction: Reconstruction, data: PtychoDataset, keep: np.ndarray | None = None) -> dict[str, float]:
+    """R-factor and normalised error of the measured amplitudes against those re-simulated from the
+    reconstruction with its own probe (``scoring_probe``: incoherent modes add intensities), on
+    the valid detector pixels (``data.mask``) of the positions `keep` (default:
+    ``scorable_positions``; ``evaluate`` passes the positions every method can be scored on).
+    """
+    size = data.pattern_size
+    x0, y0 = reconstruction.origin
+    keep = scorable_positions(reconstruction, data) if keep is None else np.asarray(keep, dtype=np.int64)
+    if len(keep) == 0:
         return {"r_factor": float("nan"), "normalised_error": float("nan"), "n_patterns": 0}
-    keep = np.array(keep)
+    probe = torch.from_numpy(scoring_probe(reconstruction, data).astype(np.complex64))
+    obj = torch.from_numpy(reconstruction.object)
     with torch.no_grad():
         patches = physics.extract_patches(obj, torch.from_numpy(data.xcoords[keep] - x0), torch.from_numpy(data.ycoords[keep] - y0), size)
-        simulated = physics.forward_amplitude(patches, probe).numpy()
+        simulated = torch.sqrt(sum(physics.forward_amplitude(patches, mode) ** 2 for mode in probe)).numpy()
     measured = data.amplitudes[keep]
+    if data.mask is not None:
+        measured, simulated = measured[:, data.mask], simulated[:, data.mask]
     return {
         "r_factor": metrics.r_factor(measured, simulated),
         "normalised_error": metrics.normalised_error(measured, simulated),
@@ -215,11 +242,13 @@ def common_region(reconstructions: dict[str, Reconstruction], config: EvaluateCo
 
 
 def score(
-    reconstruction: Reconstruction, data: PtychoDataset, region: np.ndarray | None, config: EvaluateConfig, source: str
+    reconstruction: Reconstruction, data: PtychoDataset, region: np.ndarray | None, config: EvaluateConfig, source: str,
+    keep: np.ndarray | None = None,
 ):
     """All metrics of one reconstruction: against the truth on ``region`` when the data have one,
-    and always against the measured diffraction. Returns (metrics, FRC curve or None)."""
-    results: dict[str, float] = {f"data.{key}": value for key, value in data_consistency(reconstruction, data).items()}
+    and always against the measured diffraction (positions `keep`, see ``data_consistency``).
+    Returns (metrics, FRC curve or None)."""
+    results: dict[str, float] = {f"data.{key}": value for key, value in data_consistency(reconstruction, data, keep).items()}
     curve = None
     if data.object is not None:
         truth = reconstruction.truth_window(data.object, source)
@@ -239,7 +268,9 @@ def evaluate(
     test_data: PtychoDataset, reconstruction_paths: dict[str, str | Path], stats_paths: dict[str, str | Path],
     config: EvaluateConfig, metrics_path: str | Path, frc_path: str | Path, figure_path: str | Path,
 ) -> dict:
-    """Score each reconstruction (``pinn``, and ``baseline`` when given) on one common region.
+    """Score each reconstruction (``pinn``, and ``baseline`` when given) on one common region and,
+    for the data R-factor, on the same patterns (those every method covers), each re-simulated
+    with the method's own probe when its reconstruction has one (``data.own_probe`` = 1).
 
     Writes metrics.json with one section per method (the timings of its stats file merged in),
     the FRC curves as one CSV and a truth / reconstructions / differences figure.
@@ -249,10 +280,13 @@ def evaluate(
     if len(set(shapes.values())) > 1:
         raise DataError(f"reconstructions: key 'origin': the methods' canvases differ ({shapes}); they must come from the same test scan")
     region = common_region(reconstructions, config) if test_data.object is not None else None
+    # One set of patterns for every method's R-factor: those each of them can be scored on.
+    keep = np.array(sorted(set.intersection(*(set(scorable_positions(rec, test_data).tolist()) for rec in reconstructions.values()))), dtype=np.int64)
     report: dict[str, dict] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method, reconstruction in reconstructions.items():
-        results, curve = score(reconstruction, test_data, region, config, str(reconstruction_paths[method]))
+        results, curve = score(reconstruction, test_data, region, config, str(reconstruction_paths[method]), keep)
+        results["data.own_probe"] = int(reconstruction.probe is not None)  # 1: re-simulated with its own probe
         if method in stats_paths:
             stats = json.loads(Path(stats_paths[method]).read_text())
             results.update({"wall_time_s": stats["wall_time_s"], "patterns_per_s": stats["patterns_per_s"]})
@@ -327,12 +361,16 @@ def check(
 def baseline(
     test_data: PtychoDataset, config: BaselineConfig, reconstruction_path: str | Path,
     history_path: str | Path, stats_path: str | Path, figure_path: str | Path,
+    product_path: str | Path | None = None,
 ) -> list[float]:
-    """Iterative reference reconstruction of the test scan, in the network's output format."""
+    """Iterative reference reconstruction of the test scan, in the network's output format (with
+    the probe it used or refined; given `product_path`, also as a ptychodus product.h5)."""
     started = time.perf_counter()
     reconstruction, errors = run_baseline(test_data, config)
     seconds = time.perf_counter() - started
     save_reconstruction(reconstruction, reconstruction_path)
+    if product_path:
+        write_product(product_path, reconstruction, test_data, losses=errors)
     figures.reconstruction_figure(reconstruction, figure_path, f"iterative reconstruction ({reconstruction.method})")
     _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),

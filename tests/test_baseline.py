@@ -286,3 +286,55 @@ def test_on_iteration_sees_each_sweep_and_can_stop_the_run(scan):
     _, errors = run_baseline(scan, BaselineConfig(algorithm="rpie", iterations=20, batch_size=16), progress=False, on_iteration=stop_after_three)
     assert [sweeps for sweeps, _ in seen] == [1, 2, 3] and len(errors) == 3
     assert seen[0][1] == canvas_frame(scan.xcoords, scan.ycoords, scan.pattern_size)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Probe modes, detector mask, the probe returned
+
+
+def second_mode(scan):
+    """A weaker, wider incoherent mode (a ring-free Gaussian) for the scan's probe."""
+    size = scan.pattern_size
+    rows, cols = np.mgrid[0:size, 0:size] - size / 2
+    mode = np.exp(-(rows**2 + cols**2) / (2 * 4.0**2)) * (cols / 4.0)  # an odd (p-like) mode
+    power = float(np.sum(np.abs(scan.probe) ** 2))
+    return (mode * np.sqrt(0.3 * power / np.sum(mode**2))).astype(np.complex64)
+
+
+def test_incoherent_modes_add_intensities_and_the_baseline_uses_them(scan):
+    modes = np.stack([scan.probe, second_mode(scan)])
+    origin, shape = canvas_frame(scan.xcoords, scan.ycoords, scan.pattern_size)
+    frame = Reconstruction(np.zeros(shape, np.complex64), origin, np.ones(shape, np.float32), "frame")
+    canvas = torch.from_numpy(frame.truth_window(scan.object, "truth"))  # the true object on the canvas
+    each = [model_amplitudes(canvas, origin, scan.xcoords, scan.ycoords, torch.from_numpy(mode)) for mode in modes]
+    both = model_amplitudes(canvas, origin, scan.xcoords, scan.ycoords, torch.from_numpy(modes))
+    torch.testing.assert_close(both, torch.sqrt(each[0] ** 2 + each[1] ** 2))
+    mixed = dataclasses.replace(scan, amplitudes=both.numpy().astype(np.float32), probe_modes=modes)
+    with_modes, errors_modes = run(mixed, algorithm="rpie", iterations=15, batch_size=16, seed=3)
+    _, errors_one = run(dataclasses.replace(mixed, probe_modes=None), algorithm="rpie", iterations=15, batch_size=16, seed=3)
+    assert errors_modes[-1] < 0.5 * errors_one[-1]  # measured 0.016 against 0.12
+    assert with_modes.probe.shape == (2, scan.pattern_size, scan.pattern_size)
+
+
+def test_masked_pixels_keep_the_model_modulus_and_leave_the_error(scan):
+    corrupted = scan.amplitudes.copy()
+    corrupted[:, 14, :] = 3 * corrupted[:, 14, :] + 5  # a hot detector row next to the centre
+    mask = np.ones((scan.pattern_size, scan.pattern_size), dtype=bool)
+    mask[14, :] = False
+    _, clean = run(scan, algorithm="rpie", iterations=10, batch_size=16, seed=3)
+    _, unmasked = run(dataclasses.replace(scan, amplitudes=corrupted), algorithm="rpie", iterations=10, batch_size=16, seed=3)
+    masked_scan = dataclasses.replace(scan, amplitudes=np.where(mask, corrupted, 0).astype(np.float32), mask=mask)
+    masked_rec, masked = run(masked_scan, algorithm="rpie", iterations=10, batch_size=16, seed=3)
+    # measured (10 sweeps): error 0.031 clean, 0.035 masked, 0.54 unmasked; amplitude SSIM 0.985, 0.984, 0.29
+    assert masked[-1] < 1.5 * clean[-1]
+    assert unmasked[-1] > 5 * masked[-1]
+    assert score(scan, masked_rec)["amplitude.ssim"] > 0.95
+
+
+def test_the_reconstruction_carries_the_probe_it_used(scan, rpie_sequential):
+    reconstruction, _ = rpie_sequential
+    # the file's probe calibrated to the counts: the same shape of probe, a positive real factor
+    unit, scale = physics.calibrate_probe(scan.probe, scan.amplitudes)
+    np.testing.assert_allclose(reconstruction.probe, unit * scale, rtol=1e-6)
+    refined, _ = run(scan, algorithm="rpie", iterations=2, batch_size=16, update_probe=True, seed=3)
+    assert refined.probe.shape == scan.probe.shape and not np.array_equal(refined.probe, scan.probe)

@@ -42,7 +42,7 @@ def test_inference_works_without_a_ground_truth(evaluated_run, tmp_path, small_i
     blind = PtychoDataset(test.amplitudes, test.xcoords, test.ycoords, test.probe, None, test.scan_index, {})
     workflows.infer(blind, run.bundle_path, small_infer_config, tmp_path / "r.npz", tmp_path / "r.png", tmp_path / "s.json")
     report = workflows.evaluate(blind, {"pinn": tmp_path / "r.npz"}, {}, small_evaluate_config, tmp_path / "m.json", tmp_path / "f.csv", tmp_path / "c.png")
-    assert set(report["pinn"]) == {"data.r_factor", "data.normalised_error", "data.n_patterns"}
+    assert set(report["pinn"]) == {"data.r_factor", "data.normalised_error", "data.n_patterns", "data.own_probe"}
     assert 0 < report["pinn"]["data.r_factor"] < 1
 
 

@@ -127,3 +127,17 @@ def test_gradients_flow_through_overlap_and_forward_model():
     loss.backward()
     assert patches.grad is not None and torch.isfinite(patches.grad.real).all()
     assert float(patches.grad.abs().sum()) > 0
+
+
+def test_masked_losses_leave_invalid_pixels_out():
+    generator = torch.Generator().manual_seed(0)
+    predicted = torch.rand(3, 8, 8, generator=generator) + 0.1
+    measured = torch.rand(3, 8, 8, generator=generator) + 0.1
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    mask[2, :] = False
+    spoiled = measured.clone()
+    spoiled[:, 2, :] = 1e3
+    for loss in (physics.poisson_nll, physics.amplitude_mae):
+        masked = loss(predicted, spoiled, mask=mask)
+        torch.testing.assert_close(masked, loss(predicted[:, mask], measured[:, mask]))
+        assert loss(predicted, spoiled) > 10 * masked.abs()

@@ -45,6 +45,8 @@ def make_repository(folder: Path) -> None:
         shutil.copy(ROOT / name, folder / name)
     for tree in ("stages", "ptycho"):
         shutil.copytree(ROOT / tree, folder / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "data" / "raw").mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "raw" / "README.md", folder / "data" / "raw" / "README.md")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, overrides in SMALL.items():
         params[section].update(overrides)
@@ -92,3 +94,46 @@ def test_a_train_step_that_skips_the_save_fails_the_pipeline_at_train(tmp_path):
         assert f"Running stage '{later}'" not in output
     assert not (tmp_path / "results" / "reconstruction.npz").exists()
     assert not (tmp_path / "results" / "metrics.json").exists()
+
+
+def set_params(folder: Path, **prepare) -> None:
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["prepare"].update(prepare)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def small_scan(path: Path, seed: int) -> None:
+    from ptycho.config import PrepareConfig
+    from ptycho.data import save_dataset
+    from ptycho.simulate import simulate_train_test
+
+    config = PrepareConfig(N=32, train_object_px=96, test_object_px=72, step_px=5.0, probe_diameter_px=8.0, nphotons=1e5, seed=seed)
+    save_dataset(simulate_train_test(config)[0], path)
+
+
+def test_a_rewritten_input_file_reruns_prepare(tmp_path):
+    """Input files are DVC dependencies (the data/raw folder): a changed file re-runs prepare."""
+    make_repository(tmp_path)
+    small_scan(tmp_path / "data" / "raw" / "scan.npz", seed=1)
+    set_params(tmp_path, source="npz", train_file="data/raw/scan.npz")
+    first = dvc(tmp_path, "repro", "prepare")
+    assert first.returncode == 0 and "Running stage 'prepare'" in first.stdout, first.stdout + first.stderr
+    assert "Running stage" not in dvc(tmp_path, "repro", "prepare").stdout
+    small_scan(tmp_path / "data" / "raw" / "scan.npz", seed=2)  # the file is rewritten, the parameters are not
+    again = dvc(tmp_path, "repro", "prepare")
+    assert again.returncode == 0 and "Running stage 'prepare'" in again.stdout, again.stdout + again.stderr
+    # dvc exp run -S prepare.train_file=... picks another file of the folder
+    small_scan(tmp_path / "data" / "raw" / "other.npz", seed=3)
+    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "inputs"]):
+        subprocess.run(command, cwd=tmp_path, check=True, env=environment(), capture_output=True)
+    experiment = dvc(tmp_path, "exp", "run", "prepare", "-S", "prepare.train_file=data/raw/other.npz")
+    assert experiment.returncode == 0 and "Running stage 'prepare'" in experiment.stdout, experiment.stdout + experiment.stderr
+
+
+def test_an_input_outside_data_raw_is_refused(tmp_path):
+    make_repository(tmp_path)
+    small_scan(tmp_path / "scan.npz", seed=1)
+    set_params(tmp_path, source="npz", train_file="scan.npz")
+    result = dvc(tmp_path, "repro", "prepare")
+    assert result.returncode != 0
+    assert "prepare.train_file: 'scan.npz' is outside data/raw/" in result.stdout + result.stderr

@@ -1,0 +1,226 @@
+"""The one conversion of a reader's :class:`RawScan` into the canonical :class:`PtychoDataset`.
+
+Order (each step recorded in ``metadata``):
+
+1. what the patterns hold: ``prepare.diffraction_quantity``, else what the file or its format
+   states, else the data are read as amplitudes unless they look like counts (then the input
+   check fails: whole-numbered values, see ``checks.count_like``);
+2. intensities I (counts) from them, checked finite and non-negative;
+3. zero frequency to the centre: ``prepare.zero_frequency``, else where the format puts it;
+   then checked (``checks.zero_frequency_shares``: corners brighter than the centre fails);
+4. detector crop, then binning (``ptycho.io.detector``), with probe, mask, positions and pixel
+   sizes transformed alike; ``prepare.N`` must equal the size that results;
+5. masked pixels set to 0; amplitudes A = sqrt(I), float32: the only square root taken;
+6. the probe: the file's modes, or an estimate from the mean pattern; its scale checked
+   against the counts and, with ``prepare.probe_scale: counts``, scaled to them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ptycho.config import DiffractionQuantity, PrepareConfig, ProbeScale, ZeroFrequency
+from ptycho.data import PtychoDataset, validate
+from ptycho.errors import DataError
+from ptycho.io import checks, detector
+from ptycho.io.raw import RawScan
+
+
+def _error(source: str, key: str, problem: str) -> DataError:
+    return DataError(f"{source}: key '{key}': {problem}")
+
+
+def _quantity(raw: RawScan, config: PrepareConfig, checker: checks.Checker) -> tuple[str, str]:
+    if config.diffraction_quantity is not DiffractionQuantity.AUTO:
+        return config.diffraction_quantity.value, "prepare.diffraction_quantity"
+    if raw.quantity is not None:
+        return raw.quantity, raw.quantity_origin
+    reason = checks.count_like(raw.patterns, raw.mask)
+    if reason is not None:
+        checker.fail(
+            raw.pattern_key,
+            f"looks like photon counts ({reason}) but the file does not say whether it holds counts or amplitudes",
+            "set prepare.diffraction_quantity: intensity (photon counts) or amplitude (sqrt of counts)",
+        )
+        return "amplitude", f"not stated, read as amplitude although count-like ({reason})"
+    peak = float(np.max(raw.patterns))
+    if peak > checks.LARGE_AMPLITUDE:
+        checker.warn(
+            raw.pattern_key,
+            f"undeclared values up to {peak:g} are read as amplitudes ({peak ** 2:.3g} photons in one pixel)",
+            "if they are counts, set prepare.diffraction_quantity: intensity",
+        )
+    return "amplitude", "not stated; read as amplitude (values are not count-like)"
+
+
+def _check_values(values: np.ndarray, source: str, key: str, what: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise _error(source, key, f"{int(bad.sum())} non-finite {what} value(s) (NaN or inf), first at index {first}")
+    negative = values < 0
+    if negative.any():
+        first = tuple(int(i) for i in np.argwhere(negative)[0])
+        raise _error(
+            source, key,
+            f"{int(negative.sum())} negative {what} value(s), first at index {first} ({float(values[first]):g}); "
+            "clip them to 0 or mark those pixels invalid in a mask",
+        )
+
+
+def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float | None = None) -> tuple[PtychoDataset, float]:
+    """Convert and check one scan; returns (dataset, the factor the probe was multiplied by).
+
+    `probe_scale_factor`: with ``probe_scale: counts``, use this factor (the training file's)
+    instead of measuring one on this file. Raises DataError naming the file, key and problem
+    (and the fix) for anything that cannot be read safely.
+    """
+    source, key = raw.source, raw.pattern_key
+    checker = checks.Checker(config.input_checks, source)
+    for finding in raw.findings:
+        checker.warn(finding.key, finding.problem, finding.fix)
+    metadata: dict[str, Any] = {key_: value for key_, value in raw.metadata.items() if key_ != "diffraction_quantity"}
+
+    patterns = raw.patterns
+    if patterns.dtype.kind not in "iuf":
+        raise _error(source, key, f"dtype {patterns.dtype} cannot hold diffraction data; expected real numbers")
+    if patterns.ndim != 3 or 0 in patterns.shape:
+        raise _error(source, key, f"expected patterns of shape (M, N, N), found {patterns.shape}")
+    if raw.xcoords.shape != (patterns.shape[0],) or raw.ycoords.shape != (patterns.shape[0],):
+        raise _error(source, "xcoords", f"{raw.xcoords.shape[0]} positions for {patterns.shape[0]} patterns")
+
+    quantity, origin = _quantity(raw, config, checker)
+    values = patterns.astype(np.float32)  # float32 holds counts below 2**24 exactly; half the memory of float64
+    _check_values(values, source, key, quantity)
+    intensities = values if quantity == "intensity" else np.square(values)
+    metadata["diffraction_quantity_origin"] = f"{quantity}: {origin}"
+    if quantity == "intensity":
+        metadata["converted_from"] = "intensity"
+    mask = None if raw.mask is None else np.asarray(raw.mask, dtype=bool)
+
+    # Zero frequency to the centre.
+    if config.zero_frequency is ZeroFrequency.AUTO:
+        shift = raw.centred is False
+        why = {False: "the format stores it in the corners", True: "the format stores it centred"}.get(
+            raw.centred, "assumed centred (the format does not say)"
+        )
+    else:
+        shift, why = config.zero_frequency is ZeroFrequency.CORNERS, "prepare.zero_frequency"
+    if shift:
+        intensities = np.fft.fftshift(intensities, axes=(-2, -1))
+        mask = None if mask is None else np.fft.fftshift(mask)
+    metadata["zero_frequency"] = ("moved from the corners to the centre (fftshift): " if shift else "kept: ") + why
+    centre, corners = checks.zero_frequency_shares(intensities)
+    if corners > centre:
+        checker.fail(
+            key,
+            f"the mean pattern holds {100 * corners:.0f} % of its energy near the corners and {100 * centre:.0f} % near "
+            "the centre: the zero frequency is not centred",
+            "set prepare.zero_frequency: " + ("centre (the file is already centred)" if shift else "corners (the file is not fftshifted)"),
+        )
+
+    probe = None if raw.probe is None else np.asarray(raw.probe, dtype=np.complex64)
+    xcoords, ycoords = raw.xcoords.astype(np.float64), raw.ycoords.astype(np.float64)
+    obj = raw.object
+    height, width = intensities.shape[-2:]
+
+    if config.detector_crop_px:
+        crop = config.detector_crop_px
+        if crop > min(height, width):
+            raise _error(source, key, f"prepare.detector_crop_px = {crop} exceeds the {height} x {width} patterns")
+        if probe is not None and probe.shape[-2:] != (height, width):
+            raise _error(source, "probe", f"probe {probe.shape[-2:]} differs from the {height} x {width} patterns")
+        if height != width:
+            raise _error(source, key, f"cropping {height} x {width} patterns is not supported; they must be square")
+        scale = crop / height
+        intensities = detector.crop_patterns(intensities, crop)
+        mask = None if mask is None else detector.crop_patterns(mask, crop)
+        probe = None if probe is None else detector.fourier_crop_probe(probe, crop)
+        xcoords, ycoords = xcoords * scale, ycoords * scale
+        if "object_pixel_size_m" in metadata:
+            metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
+        if obj is not None:
+            obj = None
+            metadata["reference_object"] = "dropped: the crop changed the object pixel size"
+        metadata["detector_crop_px"] = f"{height} -> {crop}: object pixels x {height / crop:g}, positions x {scale:g}, probe Fourier-cropped"
+        height = width = crop
+    if height != width:
+        raise _error(source, key, f"patterns are {height} x {width}; crop them to a square with prepare.detector_crop_px")
+    size = height
+
+    if config.detector_bin > 1:
+        factor = config.detector_bin
+        if size % factor or (size // factor) % 2:
+            raise _error(source, key, f"prepare.detector_bin = {factor} must divide N = {size} into an even size")
+        binned = size // factor
+        intensities = detector.bin_patterns(intensities, factor)
+        mask = None if mask is None else detector.bin_mask(mask, factor)
+        lost = 0.0
+        if probe is not None:
+            probe, lost = detector.central_window(probe, binned)
+            if lost > 0.01:
+                checker.warn(
+                    "probe", f"binning by {factor} cuts the probe to its central {binned} x {binned} window and loses "
+                    f"{100 * lost:.1f} % of sum |P|^2: the binned patterns are not its far field",
+                    "crop instead (prepare.detector_crop_px) or bin less",
+                )
+        if "detector_pixel_size_m" in metadata:
+            metadata["detector_pixel_size_m"] = [p * factor for p in metadata["detector_pixel_size_m"]]
+        metadata["detector_bin"] = f"{factor} x {factor}: {size} -> {binned} px, object pixel unchanged, probe cut to its central window (lost {100 * lost:.2f} % of sum |P|^2)"
+        size = binned
+
+    if size != config.N:
+        raise _error(
+            source, key,
+            f"patterns are {size} x {size} px (after crop/bin) but prepare.N = {config.N}; set prepare.N: {size}, "
+            f"or reduce them with prepare.detector_crop_px or prepare.detector_bin",
+        )
+
+    if mask is not None:
+        if mask.shape != (size, size):
+            raise _error(source, "mask", f"shape {mask.shape} does not match the {size} x {size} patterns")
+        intensities = np.where(mask, intensities, np.float32(0.0))
+        metadata["mask"] = f"{int((~mask).sum())} of {mask.size} detector pixels invalid (set to 0, left out of fits)"
+        if mask.all():
+            mask = None
+    amplitudes = np.sqrt(intensities).astype(np.float32)
+
+    if probe is None:
+        probe = detector.probe_from_patterns(intensities, mask)
+        metadata["probe_origin"] = "estimated: fftshift(ifft2(ifftshift(sqrt(mean counts)))) (focused-probe guess)"
+    elif probe.ndim != 3 or probe.shape[-2:] != (size, size):
+        raise _error(source, "probe", f"expected probe modes of shape (K, {size}, {size}), found {probe.shape}")
+
+    ratio = checks.probe_counts_ratio(amplitudes, probe)
+    factor = 1.0
+    if config.probe_scale is ProbeScale.COUNTS:
+        factor = probe_scale_factor if probe_scale_factor is not None else math.sqrt(ratio)
+        probe = (probe * factor).astype(np.complex64)
+        metadata["probe_scale_factor"] = factor
+    elif not checks.PROBE_RATIO_RANGE[0] <= ratio <= checks.PROBE_RATIO_RANGE[1]:
+        checker.warn(
+            "probe", f"the patterns hold {ratio:.3g} times more counts than sum |P|^2 of the probe: it is not on the "
+            "counts' scale (the network and the data R-factor assume it is)",
+            "set prepare.probe_scale: counts to scale it to the data",
+        )
+
+    if obj is not None:
+        obj = np.asarray(obj, dtype=np.complex64)
+    metadata["input_checks"] = checker.messages
+    modes = probe.astype(np.complex64)
+    dataset = PtychoDataset(
+        amplitudes=amplitudes,
+        xcoords=xcoords,
+        ycoords=ycoords,
+        probe=np.ascontiguousarray(modes[0]),
+        object=obj,
+        scan_index=np.arange(len(xcoords), dtype=np.int64) if raw.scan_index is None else raw.scan_index.astype(np.int64),
+        metadata={**metadata, "diffraction_quantity": "amplitude"},
+        mask=mask,
+        probe_modes=modes if modes.shape[0] > 1 else None,
+    )
+    validate(dataset, source, diffraction_key=key)
+    return dataset, factor

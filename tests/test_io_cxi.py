@@ -1,0 +1,112 @@
+"""CXI files: counts, translations in metres (sign as an option), units, the detector mask."""
+
+import dataclasses
+
+import h5py
+import numpy as np
+import pytest
+
+from io_helpers import amplitudes, asymmetric_object, gaussian_probe
+from ptycho.config import CxiTranslation, PrepareConfig, Source
+from ptycho.errors import DataError
+from ptycho.io import load_scan, units
+
+SIZE = 16
+ENERGY_J = 8000 * units.ELECTRON_VOLT_J  # 8 keV
+DISTANCE_M = 2.0
+PIXEL_M = 75e-6
+OBJECT_PIXEL_M = units.wavelength_from_energy_j(ENERGY_J) * DISTANCE_M / (SIZE * PIXEL_M)
+
+
+def cxi_file(path, translation_sign=+1.0, energy=ENERGY_J, mask=None, probe=None):
+    """A CXI scan simulated from a known object at known probe-window centres (object pixels)."""
+    obj = asymmetric_object(48, 48)
+    true_probe = (30 * gaussian_probe(SIZE, 2.5)).astype(np.complex64)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(9, 38, 25)
+    y = rng.uniform(9, 38, 25)
+    counts = amplitudes(obj, true_probe, x, y).astype(np.float64) ** 2
+    translation = np.stack([x * OBJECT_PIXEL_M, y * OBJECT_PIXEL_M, np.zeros_like(x)], axis=1) * translation_sign
+    with h5py.File(path, "w") as h5:
+        h5["cxi_version"] = 160
+        detector = h5.create_group("entry_1/instrument_1/detector_1")
+        detector["data"] = counts.astype(np.float32)
+        detector["distance"] = DISTANCE_M
+        detector["x_pixel_size"] = PIXEL_M
+        detector["y_pixel_size"] = PIXEL_M
+        if mask is not None:
+            detector["mask"] = mask
+        source = h5.create_group("entry_1/instrument_1/source_1")
+        source["energy"] = energy
+        if probe is not None:
+            source["illumination"] = probe
+        h5.create_group("entry_1/data_1")["data"] = h5py.SoftLink("/entry_1/instrument_1/detector_1/data")
+        h5.create_group("entry_1/sample_1/geometry_1")["translation"] = translation
+    return obj, true_probe, x, y, counts
+
+
+def config(path, **changes):
+    return dataclasses.replace(PrepareConfig(source=Source.CXI, train_file=str(path), N=SIZE), **changes)
+
+
+def test_round_trip_positions_units_and_amplitudes(tmp_path):
+    obj, probe, x, y, counts = cxi_file(tmp_path / "scan.cxi", probe=None)
+    data, _ = load_scan(tmp_path / "scan.cxi", config(tmp_path / "scan.cxi"))
+    np.testing.assert_allclose(data.amplitudes, np.sqrt(counts), rtol=1e-6)
+    # positions: same up to one shift (the reader puts the smallest window corner at 0)
+    offset = np.array(data.metadata["position_offset_m"]) / OBJECT_PIXEL_M
+    np.testing.assert_allclose(data.xcoords + offset[0], x, atol=1e-9)
+    np.testing.assert_allclose(data.ycoords + offset[1], y, atol=1e-9)
+    assert data.xcoords.min() == pytest.approx(SIZE / 2)
+    assert data.metadata["object_pixel_size_m"] == pytest.approx([OBJECT_PIXEL_M, OBJECT_PIXEL_M])
+    assert data.metadata["wavelength_m"] == pytest.approx(1.5498e-10, rel=1e-4)  # 8 keV
+    assert data.metadata["detector_distance_m"] == DISTANCE_M
+
+
+def test_translation_sign_option_and_a_mirrored_sign_shows(tmp_path):
+    """Sample-motion files (translation = minus the probe position) need cxi_translation: sample."""
+    obj, probe, x, y, counts = cxi_file(tmp_path / "m.cxi", translation_sign=-1.0)
+    right, _ = load_scan(tmp_path / "m.cxi", config(tmp_path / "m.cxi", cxi_translation=CxiTranslation.SAMPLE))
+    wrong, _ = load_scan(tmp_path / "m.cxi", config(tmp_path / "m.cxi"))
+    def misfit(data):  # re-simulate the known object at the positions read (offset restored)
+        offset = np.array(data.metadata["position_offset_m"]) / OBJECT_PIXEL_M
+        xs, ys = data.xcoords + offset[0], data.ycoords + offset[1]
+        if xs.min() < 8 or ys.min() < 8 or xs.max() > 40 or ys.max() > 40:
+            xs, ys = data.xcoords, data.ycoords  # mirrored positions fall off this object: compare in place
+        return np.abs(amplitudes(obj, probe, xs, ys) - data.amplitudes).max() / data.amplitudes.max()
+    assert misfit(right) < 1e-4
+    assert misfit(wrong) > 0.05
+    assert "sample motion" in right.metadata["positions"]
+
+
+def test_mask_bit_one_marks_invalid_pixels_only(tmp_path):
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint32)
+    mask[2, 3] = 0x1
+    mask[5, 6] = 0x2  # another CXI flag (e.g. saturated): still a valid pixel here
+    mask[7, 7] = 0x3
+    cxi_file(tmp_path / "k.cxi", mask=mask)
+    data, _ = load_scan(tmp_path / "k.cxi", config(tmp_path / "k.cxi"))
+    assert not data.mask[2, 3] and not data.mask[7, 7] and data.mask[5, 6]
+    assert data.mask.sum() == SIZE * SIZE - 2
+    assert np.all(data.amplitudes[:, 2, 3] == 0)
+
+
+def test_probe_modes_from_illumination(tmp_path):
+    modes = np.stack([30 * gaussian_probe(SIZE, 2.5), 3 * gaussian_probe(SIZE, 4.0)]).astype(np.complex64)  # counts' scale
+    cxi_file(tmp_path / "p.cxi", probe=modes)
+    data, _ = load_scan(tmp_path / "p.cxi", config(tmp_path / "p.cxi"))
+    np.testing.assert_array_equal(data.probe_modes, modes)
+
+
+def test_energy_in_electronvolts_is_refused(tmp_path):
+    cxi_file(tmp_path / "e.cxi", energy=8000.0)
+    with pytest.raises(DataError, match="source_1/energy': 8000 is far too large for joules"):
+        load_scan(tmp_path / "e.cxi", config(tmp_path / "e.cxi"))
+
+
+def test_missing_positions_name_the_paths(tmp_path):
+    cxi_file(tmp_path / "x.cxi")
+    with h5py.File(tmp_path / "x.cxi", "a") as h5:
+        del h5["entry_1/sample_1/geometry_1/translation"]
+    with pytest.raises(DataError, match="geometry_1/translation': missing.*data_1/translation"):
+        load_scan(tmp_path / "x.cxi", config(tmp_path / "x.cxi"))
