@@ -188,8 +188,10 @@ def run_baseline(
     settings: BaselineConfig,
     progress: bool = True,
     on_iteration: Callable[[int, torch.Tensor], bool] | None = None,
+    initial: Reconstruction | None = None,
 ) -> tuple[Reconstruction, list[float]]:
-    """Reconstruct the object of a scan by ePIE/rPIE (module docstring) from a flat object.
+    """Reconstruct the object of a scan by ePIE/rPIE (module docstring) from a flat object, or
+    refine ``initial`` (a reconstruction of this scan on the same canvas, e.g. the network's).
 
     data: the scan (amplitudes (M, N, N), positions, probe or incoherent probe modes, optional
     detector mask; ``data.object`` is not used). Masked pixels keep the model's modulus in the
@@ -204,6 +206,9 @@ def run_baseline(
     forward pass; the estimate after the last sweep is slightly better than errors[-1] says).
     ``on_iteration(sweeps_done, object)``, if given, sees the canvas object (H, W) after each
     sweep (not to be modified) and stops the run early by returning True (for benchmarks).
+    ``initial``: the start is its object (pixels it does not cover: its median covered
+    amplitude, zero phase) with its probe (their scales go together), else the calibrated
+    probe of the data; method "refined-<algorithm>".
 
     Incoherent modes (Thibault & Menzel, Nature 494, 68 (2013)): |F|² = Σ_k |F_k|², every mode's
     far field is scaled by the same A / |F|, the object step uses Σ_k conj(P_k) Δψ_k over the
@@ -230,6 +235,8 @@ def run_baseline(
     unit_probe, probe_scale = physics.calibrate_probe(data.all_probe_modes, data.amplitudes)
     probe = torch.from_numpy(unit_probe) * probe_scale  # (K, N, N)
     obj = torch.ones(height, width, dtype=torch.complex64)
+    if initial is not None:
+        obj, probe = _initial_state(initial, origin, (height, width), probe)
     flat = obj.view(-1)
     cache = None
     if not settings.update_probe and count * probe.shape[0] * size * size * 8 <= _CACHE_LIMIT_BYTES:
@@ -301,11 +308,33 @@ def run_baseline(
         object=obj.numpy().astype(np.complex64),
         origin=origin,
         coverage=coverage.numpy().astype(np.float32),
-        method=f"baseline-{settings.algorithm.value}",
+        method=f"{'baseline' if initial is None else 'refined'}-{settings.algorithm.value}",
         probe=final_probe[0] if final_probe.shape[0] == 1 else final_probe,
         pixel_size_m=pixel_size_of(data),
     )
     return reconstruction, errors
+
+
+def _initial_state(
+    initial: Reconstruction, origin: tuple[int, int], shape: tuple[int, int], probe: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(object (H, W), probe (K, N, N)) to start from: the reconstruction's, checked against this scan."""
+    if tuple(initial.origin) != tuple(origin) or initial.object.shape != tuple(shape):
+        raise DataError(
+            f"refine: key 'origin': the initial reconstruction's canvas (origin {initial.origin}, shape "
+            f"{initial.object.shape}) is not this scan's (origin {origin}, shape {shape}); it must come from the same scan"
+        )
+    covered = initial.coverage > 0
+    if not covered.any():
+        raise DataError("refine: key 'coverage': the initial reconstruction covers no pixel")
+    fill = np.float32(np.median(np.abs(initial.object[covered])))
+    obj = torch.from_numpy(np.where(covered, initial.object, fill).astype(np.complex64))
+    if initial.probe is not None:
+        start = torch.from_numpy(initial.probe.astype(np.complex64))
+        probe = start[None] if start.ndim == 2 else start
+        if probe.shape[-2:] != (shape_size := probe.shape[-1], shape_size):
+            raise DataError(f"refine: key 'probe': shape {tuple(probe.shape)} is not square")
+    return obj, probe
 
 
 def pixel_size_of(data: PtychoDataset) -> tuple[float, float] | None:
