@@ -13,7 +13,7 @@ import pytest
 from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
 from ptycho.errors import DataError
 
-M, N, H, W = 6, 8, 32, 40  # windows need N/2 <= x <= W - N/2 = 36 and N/2 <= y <= H - N/2 = 28
+M, N, H, W = 6, 16, 40, 48  # windows need N/2 <= x <= W - N/2 = 40 and N/2 <= y <= H - N/2 = 32
 
 
 def make_dataset(with_object: bool = True, metadata: dict | None = None) -> PtychoDataset:
@@ -21,8 +21,8 @@ def make_dataset(with_object: bool = True, metadata: dict | None = None) -> Ptyc
     obj = (rng.random((H, W)) * np.exp(1j * rng.random((H, W)))).astype(np.complex64)
     return PtychoDataset(
         amplitudes=rng.random((M, N, N)).astype(np.float32),
-        xcoords=np.array([4.0, 10.5, 16.0, 22.0, 30.0, 36.0]),
-        ycoords=np.array([4.0, 8.0, 12.25, 16.0, 20.0, 28.0]),
+        xcoords=np.array([8.0, 14.5, 20.0, 26.0, 34.0, 40.0]),
+        ycoords=np.array([8.0, 12.0, 16.25, 20.0, 24.0, 32.0]),
         probe=(rng.random((N, N)) + 1j * rng.random((N, N))).astype(np.complex64),
         object=obj if with_object else None,
         scan_index=np.arange(10, 10 + M, dtype=np.int64),
