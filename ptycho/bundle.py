@@ -241,7 +241,12 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
 # Numeric root attributes of wts.h5: each a finite real scalar in its range.
 ROOT_SCALARS: dict[str, Allowed] = {
     "intensity_scale": Allowed(0.0, above=True),
+    "format_version": Allowed(1, FORMAT_VERSION),
 }
+# What else the root of wts.h5 may hold; anything unknown is refused rather than ignored (an
+# item this version does not read may be one the model needs).
+_ROOT_TEXTS = ("architecture", "package_version")
+_ROOT_DATASETS = ("probe",)
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -383,12 +388,24 @@ def _read_weights(path: Path, data: bytes):
     for name in MODEL_NAMES:
         if name not in groups:
             raise BundleError(f"{where} has no group for model '{name}'")
+    known = {*MODEL_NAMES, *_ROOT_DATASETS, *(f"@{n}" for n in (*ROOT_SCALARS, *_ROOT_TEXTS))}
+    unknown = sorted(({name.split("/")[0] for name in arrays} | set(groups) | {f"@{n}" for n in texts}) - known)
+    if unknown:
+        raise BundleError(
+            f"{where}: unexpected root item(s) {_shown(unknown, 200)} ('@' marks an attribute); "
+            f"a bundle holds the groups {list(MODEL_NAMES)}, the dataset 'probe' and the attributes "
+            f"{[*_ROOT_TEXTS, *ROOT_SCALARS]}"
+        )
     if "architecture" not in texts:
         found = "a number, not a JSON string" if "@architecture" in arrays else "missing"
         raise BundleError(f"{where} lacks the root attribute 'architecture' (JSON text): {found}")
     architecture = _architecture(where, texts["architecture"])
-    scalars = {name: _root_scalar(where, name, allowed, arrays) for name, allowed in ROOT_SCALARS.items()}
+    expected = _expected_layout(where, architecture)  # the parameter cap, before any allocation
+    scalars = {name: _root_scalar(where, name, allowed, arrays, texts) for name, allowed in ROOT_SCALARS.items()}
     intensity_scale = scalars["intensity_scale"]
+    for name in ("package_version",):
+        if f"@{name}" in arrays:
+            raise BundleError(f"{where}: attribute {name} must be a string")
 
     size = architecture.N
     probe = arrays.get("probe")
@@ -400,7 +417,6 @@ def _read_weights(path: Path, data: bytes):
     if not np.any(probe):
         raise BundleError(f"{where}: probe is zero everywhere")
 
-    expected = _expected_layout(where, architecture)
     states = {
         name: {key[len(name) + 1 :]: array for key, array in arrays.items() if key.startswith(name + "/")}
         for name in MODEL_NAMES
@@ -438,8 +454,10 @@ def _check_finite(where: str, name: str, array: np.ndarray) -> None:
             raise BundleError(f"{where}: '{name}' holds {bad} non-finite value(s) (NaN or inf)")
 
 
-def _root_scalar(where: str, name: str, allowed: Allowed, arrays: dict[str, np.ndarray]) -> float:
+def _root_scalar(where: str, name: str, allowed: Allowed, arrays: dict[str, np.ndarray], texts: dict[str, str]) -> float:
     value = arrays.get(f"@{name}")
+    if name in texts:
+        raise BundleError(f"{where}: attribute {name} must be a real number, found the string {_shown(texts[name])}")
     if value is None:
         raise BundleError(f"{where} lacks the root attribute '{name}' (a number)")
     if value.size != 1 or value.ndim > 1 or value.dtype.kind not in "iuf":
