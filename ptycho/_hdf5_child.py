@@ -36,11 +36,11 @@ class Refused(Exception):
     """The file is readable but not something a bundle may hold."""
 
 
-def _limit(kind: int, value: int) -> None:
-    soft, hard = resource.getrlimit(kind)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(kind, (value, value if hard == resource.RLIM_INFINITY else hard))
+def _limit(kind: int, value: int, grace: int = 0) -> None:
+    """Soft limit ``value``, hard limit ``value + grace`` (never above the inherited hard limit)."""
+    _, hard = resource.getrlimit(kind)
+    new_hard = value + grace if hard == resource.RLIM_INFINITY else min(value + grace, hard)
+    resource.setrlimit(kind, (min(value, new_hard), new_hard))
 
 
 def _link_ok(group: h5py.Group, name: str, where: str) -> None:
@@ -156,7 +156,7 @@ def main() -> int:
     data = sys.stdin.buffer.read()
     _limit(resource.RLIMIT_CORE, 0)  # a crash leaves no core file behind
     _limit(resource.RLIMIT_AS, limits["memory_bytes"])
-    _limit(resource.RLIMIT_CPU, limits["cpu_s"])
+    _limit(resource.RLIMIT_CPU, limits["cpu_s"], grace=1)  # SIGXCPU first, SIGKILL a second later
     _limit(resource.RLIMIT_FSIZE, limits["output_bytes"])
     # Second line of defence behind the link and storage checks: no file can be opened from
     # here on (descriptors 0-2 are already open), and no HDF5 filter plugin can be loaded.

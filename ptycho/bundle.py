@@ -195,7 +195,11 @@ MAX_ARCHITECTURE_BYTES = 1 << 16
 MAX_WEIGHTS_BYTES = 2 * 4 * MAX_PARAMETERS + (64 << 20)  # both model groups as float32, probe, HDF5 overhead
 MAX_EXTRA_BYTES = 64 << 20  # all extra members together
 MAX_BUNDLE_BYTES = MAX_MANIFEST_BYTES + MAX_WEIGHTS_BYTES + MAX_EXTRA_BYTES + (1 << 20)  # + zip overhead
-HDF5_TIMEOUT_S = 60  # wall-clock and CPU limit of the child process that parses wts.h5
+# Wall-clock and CPU limit of the child process that parses wts.h5: 10 s, plus 1 s per 16 MiB.
+# A valid default bundle parses in about 0.2 s; a crafted global heap (an object size changed
+# in one byte) makes libhdf5 loop for ever, and this limit is what ends it.
+HDF5_TIMEOUT_S = 10
+HDF5_SECONDS_PER_BYTE = 1 / (16 << 20)
 
 _HDF5_CHILD = Path(__file__).with_name("_hdf5_child.py")
 _HDF5_REFUSED = 3  # exit status of the child for a file it refuses (the reason on stderr)
@@ -556,9 +560,10 @@ def _parse_hdf5(where: str, data: bytes) -> tuple[list[str], dict[str, str], dic
     ends that process. Arrays are named "group/key" (datasets) and "@name" (numeric root
     attributes). Measured cost: see the module docstring.
     """
+    timeout_s = int(HDF5_TIMEOUT_S + HDF5_SECONDS_PER_BYTE * len(data))
     limits = {
         "memory_bytes": (512 << 20) + 4 * len(data),
-        "cpu_s": HDF5_TIMEOUT_S,
+        "cpu_s": timeout_s,
         "output_bytes": 2 * len(data) + (1 << 20),
         "max_items": 4096,
         "max_ndim": 8,
@@ -573,10 +578,10 @@ def _parse_hdf5(where: str, data: bytes) -> tuple[list[str], dict[str, str], dic
         stdin.seek(0)
         try:
             status = subprocess.run(
-                command, stdin=stdin, stdout=stdout, stderr=stderr, env=env, timeout=HDF5_TIMEOUT_S, check=False
+                command, stdin=stdin, stdout=stdout, stderr=stderr, env=env, timeout=timeout_s, check=False
             ).returncode
         except subprocess.TimeoutExpired as error:
-            raise BundleError(f"{where}: reading it took longer than {HDF5_TIMEOUT_S} s; the file is malformed") from error
+            raise BundleError(f"{where}: reading it took longer than {timeout_s} s; the file is malformed or crafted") from error
         except OSError as error:
             raise BundleError(f"{where}: cannot start the process that reads it ({error})") from error
         if status == _HDF5_REFUSED:
@@ -584,7 +589,8 @@ def _parse_hdf5(where: str, data: bytes) -> tuple[list[str], dict[str, str], dic
         if status < 0:
             signal_name = signal.Signals(-status).name if -status in signal.valid_signals() else f"signal {-status}"
             why = {
-                "SIGXCPU": f"used more than {HDF5_TIMEOUT_S} s of CPU time",
+                "SIGXCPU": f"used more than {timeout_s} s of CPU time",
+                "SIGKILL": f"was killed (at the limit of {timeout_s} s of CPU time, or out of memory)",
                 "SIGXFSZ": "produced more data than the file holds",
             }.get(signal_name, "crashed the HDF5 library")
             raise BundleError(f"{where}: reading it {why} ({signal_name}); the file is malformed or crafted")

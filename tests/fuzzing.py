@@ -12,6 +12,7 @@ MARKER is a read outside the bundle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -72,6 +73,7 @@ def deflated(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
+@functools.cache
 def zero_bomb(n_mib: int, prefix: bytes = b"") -> tuple[bytes, int]:
     """A raw deflate stream of ``prefix`` and ``n_mib`` MiB of zeros (about 1 KiB per MiB), and its CRC-32.
 
@@ -89,15 +91,15 @@ def zero_bomb(n_mib: int, prefix: bytes = b"") -> tuple[bytes, int]:
     return head + block * n_mib + tail, crc
 
 
+def _entry(name: str, data: bytes) -> dict:
+    packed = deflated(data)
+    return {"name": name.encode("utf-8"), "data": packed, "method": 8, "crc": zlib.crc32(data), "size": len(data),
+            "csize": len(packed)}
+
+
 def zip_members(members: dict[str, bytes], **overrides) -> bytes:
     """Deflated members in order; ``overrides`` {name: {field: value}} patch single entries."""
-    entries = []
-    for name, data in members.items():
-        entry = {"name": name.encode("utf-8"), "data": deflated(data), "method": 8, "crc": zlib.crc32(data),
-                 "size": len(data), "csize": len(deflated(data))}
-        entry.update(overrides.get(name, {}))
-        entries.append(entry)
-    return raw_zip(entries)
+    return raw_zip([{**_entry(name, data), **overrides.get(name, {})} for name, data in members.items()])
 
 
 def read_members(data: bytes) -> dict[str, bytes]:
@@ -361,74 +363,120 @@ def _weights_edits(folder: Path) -> list[tuple[str, object]]:
     return edits
 
 
-def bundle_mutants(base: bytes, folder: Path, rng: np.random.Generator, n_random: int) -> list[tuple[str, bytes]]:
-    """Structural mutants (all of them) plus ``n_random`` random ones of each random kind."""
+Mutant = tuple[str, "functools.partial[bytes]"]  # (kind, a call that makes the bytes)
+
+# sha256 and CRC-32 of 1 GiB of zeros (computed once; hashing a GiB takes seconds)
+ZEROS_GIB_SHA256 = "49bc20df15e412a64472421e13fe86ff1c5165e18b2afccf160d4dc19fe68a14"
+ZEROS_GIB_CRC32 = 1533330096
+
+
+def _repacked(members: dict[str, bytes], changes: dict[str, bytes | None], manifest_changes=None, **overrides) -> bytes:
+    """Members changed (None: removed) with a manifest whose checksums match, then edited."""
+    new = dict(members)
+    for name, data in changes.items():
+        if data is None:
+            new.pop(name, None)
+        else:
+            new[name] = data
+    return zip_members(with_manifest(new, manifest_changes), **overrides)
+
+
+def _edited_weights(members: dict[str, bytes], edit) -> bytes:
+    return _repacked(members, {"wts.h5": _h5_edit(members["wts.h5"], edit)})
+
+
+def _flipped(data: bytes, positions: np.ndarray, values: np.ndarray, xor: bool) -> bytes:
+    out = bytearray(data)
+    for position, value in zip(positions, values):
+        out[position] = out[position] ^ int(value) if xor else int(value)
+    return bytes(out)
+
+
+def _flipped_weights(members: dict[str, bytes], positions, values, xor) -> bytes:
+    return _repacked(members, {"wts.h5": _flipped(members["wts.h5"], positions, values, xor)})
+
+
+def _bomb_bundle(members: dict[str, bytes], declared: int, listed: bool) -> bytes:
+    """history.csv replaced by 1 GiB of zeros (1 MB deflated), declaring ``declared`` bytes;
+    ``listed``: the manifest carries the bomb's true sha256."""
+    bomb, _ = zero_bomb(1024)
+    source = with_manifest(members)
+    if listed:
+        manifest = json.loads(source["manifest.json"])
+        manifest["members"]["history.csv"] = ZEROS_GIB_SHA256
+        source["manifest.json"] = json.dumps(manifest).encode()
+    entries = [_entry(n, d) for n, d in source.items() if n != "history.csv"]
+    entries.append({"name": b"history.csv", "data": bomb, "method": 8, "crc": ZEROS_GIB_CRC32, "size": declared})
+    return raw_zip(entries)
+
+
+def _bombs_sharing_data(members: dict[str, bytes]) -> bytes:
+    bomb, _ = zero_bomb(1024)
+    entries = [_entry(n, d) for n, d in with_manifest({**members, "bomb.bin": b""}).items()]
+    entries += [{"name": f"bomb{i}.bin".encode(), "data": bomb, "method": 8, "crc": ZEROS_GIB_CRC32, "size": 1 << 30}
+                for i in range(3)]
+    return raw_zip(entries)
+
+
+def bundle_mutants(base: bytes, folder: Path, rng: np.random.Generator, n_random: int) -> list[Mutant]:
+    """Structural mutants (all of them) plus ``n_random`` random ones of each random kind.
+
+    Each mutant is made only when its call runs, so a sample of them is cheap.
+    """
     members = read_members(base)
     weights = members["wts.h5"]
-    mutants: list[tuple[str, bytes]] = []
+    mutants: list[Mutant] = []
 
-    def repacked(changes: dict[str, bytes | None], manifest_changes=None, **overrides) -> bytes:
-        new = {n: d for n, d in members.items()}
-        for name, data in changes.items():
-            if data is None:
-                new.pop(name, None)
-            else:
-                new[name] = data
-        return zip_members(with_manifest(new, manifest_changes), **overrides)
+    def add(kind: str, make, *args, **kwargs) -> None:
+        mutants.append((kind, functools.partial(make, *args, **kwargs)))
 
     # HDF5 structure, checksums recomputed
     for kind, edit in _weights_edits(folder):
-        mutants.append((kind, repacked({"wts.h5": _h5_edit(weights, edit)})))
+        add(kind, _edited_weights, members, edit)
+
+    # the global heap that holds the string attributes: object sizes and indices edited. One
+    # byte here made libhdf5 loop for ever (found by an exhaustive single-byte search).
+    for text in (b'{"N": ', b"0.1.0"):
+        start = weights.index(text)
+        for offset, values in ((-8, (0, 0xFF)), (-7, (0xFF,)), (-1, (0x7F,)), (-16, (0, 0xFF)), (-14, (0xFF,))):
+            for value in values:
+                add("h5-global-heap", _flipped_weights, members, np.array([start + offset]), np.array([value]), False)
 
     # zip members removed / added / renamed
     for name in members:
-        mutants.append(("zip-member-removed", zip_members({n: d for n, d in members.items() if n != name})))
+        add("zip-member-removed", zip_members, {n: d for n, d in members.items() if n != name})
         if name != "manifest.json":
-            mutants.append(("zip-member-removed", repacked({name: None})))
+            add("zip-member-removed", _repacked, members, {name: None})
     for name in ["notes.txt", "../evil.txt", "/etc/evil", "a\\b.txt", "dir/", "x\x00y", "é.txt", "a" * 300,
                  "model.keras", "params.dill", ".hidden", "a/../../b", "con\nsole", "wts.h5.bak"]:
-        mutants.append(("zip-member-added", repacked({name: b"hello"})))
-        mutants.append(("zip-member-added", zip_members({**members, name: b"hello"})))
+        add("zip-member-added", _repacked, members, {name: b"hello"})
+        add("zip-member-added", zip_members, {**members, name: b"hello"})
     for old, new in [("wts.h5", "weights.h5"), ("history.csv", "../history.csv"), ("config.json", "/config.json"),
                      ("manifest.json", "MANIFEST.json"), ("wts.h5", "wts.h5/"), ("history.csv", "history\x01.csv")]:
         renamed = {(new if n == old else n): d for n, d in members.items()}
-        mutants.append(("zip-member-renamed", zip_members(renamed)))
-        mutants.append(("zip-member-renamed", zip_members(with_manifest(renamed)) if old != "manifest.json" else zip_members(renamed)))
-    mutants.append(("zip-member-duplicated", raw_zip([{"name": b"wts.h5", "data": weights}] * 2 + [{"name": n.encode(), "data": d} for n, d in members.items()])))
+        add("zip-member-renamed", zip_members, renamed)
+        if old != "manifest.json":
+            add("zip-member-renamed", zip_members, with_manifest(renamed))
+    add("zip-member-duplicated", raw_zip, [{"name": b"wts.h5", "data": weights}] + [{"name": n.encode(), "data": d} for n, d in members.items()])
 
     # methods, flags, names, declared sizes
     for method in (1, 6, 9, 12, 14, 93, 95, 98, 99, 255):
-        mutants.append(("zip-method", zip_members(members, **{"wts.h5": {"method": method}})))
-        mutants.append(("zip-method", zip_members(members, **{"history.csv": {"method": method}})))
+        add("zip-method", zip_members, members, **{"wts.h5": {"method": method}})
+        add("zip-method", zip_members, members, **{"history.csv": {"method": method}})
     for flags in (0x1, 0x41, 0x800, 0x8, 0x20, 0x2000):
-        mutants.append(("zip-flags", zip_members(members, **{"wts.h5": {"flags": flags}})))
-    mutants.append(("zip-flags", zip_members(members, **{"wts.h5": {"flags": 0x800, "name": b"wts\xff.h5"}})))
-    for size in (0, 1, len(weights) - 1, len(weights) + 1, 1 << 30, (1 << 32) - 1, 8 << 30):
-        mutants.append(("zip-declared-size", zip_members(members, **{"wts.h5": {"size": size & 0xFFFFFFFF}})))
-        mutants.append(("zip-declared-size", zip_members(members, **{"history.csv": {"size": size & 0xFFFFFFFF}})))
+        add("zip-flags", zip_members, members, **{"wts.h5": {"flags": flags}})
+    add("zip-flags", zip_members, members, **{"wts.h5": {"flags": 0x800, "name": b"wts\xff.h5"}})
+    for size in (0, 1, len(weights) - 1, len(weights) + 1, 1 << 30, (1 << 32) - 1):
+        add("zip-declared-size", zip_members, members, **{"wts.h5": {"size": size}})
+        add("zip-declared-size", zip_members, members, **{"history.csv": {"size": size}})
     for csize in (0, 1, 10**9, (1 << 32) - 1):
-        mutants.append(("zip-declared-size", zip_members(members, **{"wts.h5": {"csize": csize}})))
+        add("zip-declared-size", zip_members, members, **{"wts.h5": {"csize": csize}})
 
-    # zip bombs: an extra of 1 GiB of zeros, declared honestly, declared small, or listed with its checksum
-    bomb, bomb_crc = zero_bomb(1024)
-    zeros_sha = hashlib.sha256()
-    for _ in range(1024):
-        zeros_sha.update(bytes(1 << 20))
-    bomb_entry = {"name": b"history.csv", "data": bomb, "method": 8, "crc": bomb_crc, "csize": len(bomb)}
-    listed = with_manifest(members)
-    manifest = json.loads(listed["manifest.json"])
-    manifest["members"]["history.csv"] = zeros_sha.hexdigest()
-    listed["manifest.json"] = json.dumps(manifest).encode()
+    # zip bombs: 1 GiB of zeros declared honestly, declared small, listed with its checksum or not
     for size in (1 << 30, 1000, len(members["history.csv"]), 0):
-        for source in (members, listed):
-            entries = [{"name": n.encode(), "data": deflated(d), "method": 8, "crc": zlib.crc32(d), "size": len(d),
-                        "csize": len(deflated(d))} for n, d in source.items() if n != "history.csv"]
-            mutants.append(("zip-bomb", raw_zip(entries + [{**bomb_entry, "size": size}])))
-    entries = [{"name": n.encode(), "data": deflated(d), "method": 8, "crc": zlib.crc32(d), "size": len(d),
-                "csize": len(deflated(d))} for n, d in with_manifest({**members, "bomb.bin": b""}).items()]
-    for i in range(3):  # many members sharing one bomb
-        entries.append({**bomb_entry, "name": f"bomb{i}.bin".encode(), "size": 1 << 30})
-    mutants.append(("zip-bomb", raw_zip(entries)))
+        for listed in (False, True):
+            add("zip-bomb", _bomb_bundle, members, size, listed)
+    add("zip-bomb", _bombs_sharing_data, members)
 
     # manifest edits, checksums recomputed
     manifest_changes = [
@@ -440,38 +488,32 @@ def bundle_mutants(base: bytes, folder: Path, rng: np.random.Generator, n_random
         {"members": {"wts.h5": "z" * 64}}, {"extra_key": "ignored"},
     ]
     for change in manifest_changes:
-        mutants.append(("manifest-edit", repacked({}, change)))
+        add("manifest-edit", _repacked, members, {}, change)
     manifest_texts = [
         b"", b"null", b"[]", b'"text"', b"{", b"\xff\xfe{}", b"[" * 100000 + b"]" * 100000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
         b'{"format_version": ' + b"9" * 5000 + b"}", b'{"format_version": NaN}', b'{"format_version": 1e999}',
         b" " * (2 << 20), b'{"format": "ptycho-bundle"}',
     ]
     for text in manifest_texts:
-        mutants.append(("manifest-text", zip_members({**members, "manifest.json": text})))
-    listed_manifest = with_manifest(members)
-    manifest = json.loads(listed_manifest["manifest.json"])
+        add("manifest-text", zip_members, {**members, "manifest.json": text})
+    manifest = json.loads(with_manifest(members)["manifest.json"])
     for broken in ({**manifest, "members": {**manifest["members"], "wts.h5": "0" * 64}},
                    {**manifest, "members": {**manifest["members"], "manifest.json": "0" * 64}},
                    {**manifest, "members": {k: v for k, v in manifest["members"].items() if k != "wts.h5"}}):
-        mutants.append(("manifest-edit", zip_members({**members, "manifest.json": json.dumps(broken).encode()})))
+        add("manifest-edit", zip_members, {**members, "manifest.json": json.dumps(broken).encode()})
 
     # random: byte flips and truncations of the zip, and of wts.h5 with checksums recomputed
+    def draws(size: int, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        count = int(rng.integers(1, 9))
+        return rng.integers(0, size, count), rng.integers(low, high, count)
+
     for _ in range(n_random):
-        data = bytearray(base)
-        for position in rng.integers(0, len(data), rng.integers(1, 9)):
-            data[position] ^= int(rng.integers(1, 256))
-        mutants.append(("zip-byte-flip", bytes(data)))
-        mutants.append(("zip-truncated", base[: int(rng.integers(0, len(base)))]))
-        data = bytearray(weights)
-        for position in rng.integers(0, len(data), rng.integers(1, 9)):
-            data[position] ^= int(rng.integers(1, 256))
-        mutants.append(("h5-byte-flip", repacked({"wts.h5": bytes(data)})))
-        # flips confined to the first 4 KiB: superblock, object headers, B-trees and heaps
-        data = bytearray(weights)
-        for position in rng.integers(0, min(4096, len(data)), rng.integers(1, 9)):
-            data[position] = int(rng.integers(0, 256))
-        mutants.append(("h5-metadata-byte-flip", repacked({"wts.h5": bytes(data)})))
-        mutants.append(("h5-truncated", repacked({"wts.h5": weights[: int(rng.integers(0, len(weights)))]})))
+        add("zip-byte-flip", _flipped, base, *draws(len(base), 1, 256), True)
+        add("zip-truncated", bytes.__getitem__, base, slice(0, int(rng.integers(0, len(base)))))
+        add("h5-byte-flip", _flipped_weights, members, *draws(len(weights), 1, 256), True)
+        # bytes set at random in the first 4 KiB: superblock, root object header, B-tree, heap
+        add("h5-metadata-byte-flip", _flipped_weights, members, *draws(min(4096, len(weights)), 0, 256), False)
+        add("h5-truncated", _repacked, members, {"wts.h5": weights[: int(rng.integers(0, len(weights)))]})
     return mutants
 
 
@@ -520,6 +562,7 @@ def npz_members(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
 
 
 def npz_mutants(rng: np.random.Generator, n_random: int) -> list[tuple[str, bytes]]:
+    """Mutants of a small valid NPZ (cheap to make, so made at once)."""
     arrays = npz_arrays()
     members = npz_members(arrays)
     base = zip_members(members)
@@ -608,8 +651,7 @@ def npz_mutants(rng: np.random.Generator, n_random: int) -> list[tuple[str, byte
     # an npy member whose header honestly declares 1 GiB of float32 zeros, compressed to 1 MiB
     header = _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (268435456,), }")
     bomb, bomb_crc = zero_bomb(1024, header)
-    entries = [{"name": n.encode(), "data": deflated(d), "method": 8, "crc": zlib.crc32(d), "size": len(d),
-                "csize": len(deflated(d))} for n, d in members.items()]
+    entries = [_entry(n, d) for n, d in members.items()]
     for size in (len(header) + (1 << 30), 1000):
         bomb_entry = {"name": b"zeros.npy", "data": bomb, "method": 8, "crc": bomb_crc, "size": size, "csize": len(bomb)}
         mutants.append(("npz-bomb", raw_zip(entries + [bomb_entry])))
@@ -634,7 +676,7 @@ def npz_mutants(rng: np.random.Generator, n_random: int) -> list[tuple[str, byte
 # running
 
 
-def run_mutants(loader: str, mutants: list[tuple[str, bytes]], folder: Path, timeout_s: float = 20.0) -> list[dict]:
+def run_mutants(loader: str, mutants: list, folder: Path, timeout_s: float = 20.0) -> list[dict]:
     """Load every mutant in a worker process; one result dict per mutant, in order.
 
     Outcomes: "refused" (BundleError/DataError), "loaded", "raw" (any other exception),
@@ -645,7 +687,7 @@ def run_mutants(loader: str, mutants: list[tuple[str, bytes]], folder: Path, tim
     paths = []
     for index, (_, data) in enumerate(mutants):
         path = folder / f"m{index:05d}{suffix}"
-        path.write_bytes(data)
+        path.write_bytes(data() if callable(data) else data)
         paths.append(path)
     (folder / "index.txt").write_text("\n".join(p.name for p in paths) + "\n")
     results: dict[int, dict] = {}
@@ -693,9 +735,14 @@ def summary(results: list[dict]) -> dict[str, Counter]:
     return table
 
 
-def format_summary(table: dict[str, Counter]) -> str:
+def format_summary(table: dict[str, Counter], results: list[dict] | None = None) -> str:
     lines = []
     for kind in sorted(table, key=lambda k: (k == "all", k)):
         counts = ", ".join(f"{outcome} {n}" for outcome, n in sorted(table[kind].items()))
         lines.append(f"{kind:28s} {sum(table[kind].values()):5d}: {counts}")
+    if results:
+        times = sorted(r.get("seconds", 0.0) for r in results)
+        slow = [r for r in results if r.get("seconds", 0.0) > 5]
+        lines.append(f"seconds per mutant: median {times[len(times) // 2]:.2f}, max {times[-1]:.2f}; "
+                     f"{len(slow)} took > 5 s ({', '.join(sorted({r['kind'] for r in slow})) or 'none'})")
     return "\n".join(lines)
