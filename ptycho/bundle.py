@@ -146,6 +146,8 @@ def _check_extras(path: Path, extras: dict) -> None:
             raise BundleError(f"{path}: extra member {name!r} has a pickle/Keras suffix; bundles hold no pickles")
         if not isinstance(data, (bytes, bytearray)):
             raise BundleError(f"{path}: extra member {name!r} must be bytes, got {type(data).__name__}")
+        if name.endswith(".json"):
+            parse_json(bytes(data), f"{path}: cannot save extra member {name!r}", BundleError, max_bytes=MAX_EXTRA_BYTES)
 
 
 def _numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
@@ -293,6 +295,9 @@ def load_bundle(path: str | Path) -> Bundle:
                     f"{path}: checksum mismatch for member '{name}': sha256 {found}, "
                     f"manifest says {manifest['members'][name]}"
                 )
+    for name in members:
+        if name.endswith(".json"):  # read by ptycho (config.json: infer takes n_neighbours from it)
+            parse_json(members[name], f"{path}: member '{name}'", BundleError, max_bytes=MAX_EXTRA_BYTES)
     autoencoder, diffraction_to_obj, architecture, intensity_scale, probe = _read_weights(path, members.pop(WEIGHTS))
     return Bundle(
         autoencoder=autoencoder,

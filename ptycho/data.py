@@ -1,6 +1,7 @@
 """The dataset contract: one typed object for ptychographic data and the canonical NPZ file.
 
-Canonical NPZ (DESIGN.md section 5), always read with ``np.load(path, allow_pickle=False)``:
+Canonical NPZ (DESIGN.md section 5), read without pickle by a bounded reader (``_read_npz``: the
+file is untrusted, every header is checked before anything is allocated):
 
 =============  =========  =========  ===================================================
 key            shape      dtype      meaning
@@ -44,7 +45,8 @@ from ptycho.errors import DataError
 from ptycho.files import write_npz
 
 MIN_PATTERN_SIZE = 16
-"""Smallest pattern size N the network can use: its encoder pools N down to N/8 (at least 2 x 2)."""
+"""Smallest pattern size N the network can use: its encoder pools N in log2(N) - 3 blocks down to
+an 8 x 8 bottleneck (ptycho.model.Architecture.levels), so N = 16 is the smallest with one block."""
 
 MIN_PATTERNS = 2
 """Fewest patterns a dataset may hold: training needs one to fit and one to validate, and a single

@@ -629,3 +629,9 @@ def test_libhdf5_never_runs_in_the_loading_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py, "File", forbidden)
     assert load_bundle(path).architecture == architecture()
+
+
+@pytest.mark.parametrize("text", [b"[" * 5000 + b"]" * 5000, b'{"model": {"n_neighbours": 1e999}}', b"{oops"])
+def test_json_extras_are_parsed_with_limits_on_loading(tmp_path, text):
+    # infer reads config.json; a crafted one must fail here, as a BundleError, not there.
+    expect_error(repack(saved(tmp_path), tmp_path / "bad.zip", {"config.json": text}), "config.json")
