@@ -635,3 +635,15 @@ def test_libhdf5_never_runs_in_the_loading_process(tmp_path, monkeypatch):
 def test_json_extras_are_parsed_with_limits_on_loading(tmp_path, text):
     # infer reads config.json; a crafted one must fail here, as a BundleError, not there.
     expect_error(repack(saved(tmp_path), tmp_path / "bad.zip", {"config.json": text}), "config.json")
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    autoencoder, diffraction_to_obj = make_models()
+    with torch.no_grad():
+        diffraction_to_obj.encoder[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BundleError, match="non-finite"):
+        save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, architecture())
+    big = Architecture(N=N, gridsize=1, n_filters_scale=16.0)
+    with pytest.raises(BundleError, match="more than the 33554432"):
+        save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, big)
+    assert not (tmp_path / "wts.h5.zip").exists()
