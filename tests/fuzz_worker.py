@@ -15,16 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fuzzing import MARKER
-from ptycho.bundle import load_bundle
 from ptycho.data import load_dataset
 from ptycho.errors import BundleError, DataError
 
 # A runaway allocation must end as a MemoryError here, not as the machine's OOM killer.
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
-torch.set_num_threads(1)
 
 
 def peak_bytes() -> int:
@@ -32,6 +29,11 @@ def peak_bytes() -> int:
 
 
 def check_bundle(path: Path) -> tuple[str, str]:
+    import torch  # here, not at the top: an NPZ worker starts in a fraction of the time
+
+    from ptycho.bundle import load_bundle
+
+    torch.set_num_threads(1)
     bundle = load_bundle(path)
     values = [t.detach() for t in bundle.autoencoder.state_dict().values()]
     values += [t.detach() for t in bundle.diffraction_to_obj.state_dict().values()]
