@@ -223,13 +223,15 @@ _ARRAY_DTYPE = re.compile(r"[<>|=][biufc][0-9]{1,2}")
 @dataclass(frozen=True)
 class Allowed:
     """Allowed values of a number or string read from a bundle: ``low <= value <= high``
-    (``low < value`` when ``above``), a multiple of ``step``, or one of ``choices`` (strings)."""
+    (``low < value`` when ``above``), a multiple of ``step``, or one of ``choices`` (strings).
+    ``default``: the value of a root scalar that older bundles lack (one added after format 1)."""
 
     low: float = -math.inf
     high: float = math.inf
     above: bool = False
     step: int | None = None
     choices: tuple[str, ...] | None = None
+    default: float | None = None
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not allowed, or None."""
@@ -255,7 +257,8 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
     "n_filters_scale": Allowed(0.0, 16.0, above=True),
 }
 
-# Numeric root attributes of wts.h5: each a finite real scalar in its range.
+# Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a
+# later format version gets a default, so that bundles written before it still load.
 ROOT_SCALARS: dict[str, Allowed] = {
     "intensity_scale": Allowed(0.0, above=True),
     "format_version": Allowed(1, FORMAT_VERSION),
@@ -479,6 +482,8 @@ def _root_scalar(where: str, name: str, allowed: Allowed, arrays: dict[str, np.n
     if name in texts:
         raise BundleError(f"{where}: attribute {name} must be a real number, found the string {_shown(texts[name])}")
     if value is None:
+        if allowed.default is not None:
+            return allowed.default
         raise BundleError(f"{where} lacks the root attribute '{name}' (a number)")
     if value.size != 1 or value.ndim > 1 or value.dtype.kind not in "iuf":
         raise BundleError(f"{where}: attribute {name} must be a real number, found {value.dtype} of shape {value.shape}")

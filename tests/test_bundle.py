@@ -647,3 +647,13 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(BundleError, match="more than the 33554432"):
         save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, big)
     assert not (tmp_path / "wts.h5.zip").exists()
+
+
+def test_a_root_scalar_added_later_takes_its_default_in_older_bundles(tmp_path, monkeypatch):
+    # How a new root attribute (say a probe scale written from format version 2 on) is read
+    # from bundles that predate it.
+    rows = {**bundle_module.ROOT_SCALARS, "probe_scale": bundle_module.Allowed(0.0, above=True, default=1.0)}
+    monkeypatch.setattr(bundle_module, "ROOT_SCALARS", rows)
+    assert load_bundle(saved(tmp_path)).architecture == architecture()
+    rows["probe_scale"] = bundle_module.Allowed(0.0, above=True)  # no default: required
+    expect_error(saved(tmp_path, name="b.zip"), "lacks the root attribute 'probe_scale'")
