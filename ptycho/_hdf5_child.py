@@ -1,17 +1,18 @@
 """The child process that parses an untrusted ``wts.h5`` for ``ptycho.bundle`` (the only parse).
 
-libhdf5 is a large C library: a crafted file can make it crash (a segfault was found by
-fuzzing), loop or allocate without bound. So the bundle loader never hands the bytes to
-libhdf5 in its own process. It runs this script (``python -I _hdf5_child.py LIMITS``) with the
-HDF5 bytes on stdin and a regular file as stdout; the script limits its own memory, CPU time,
+libhdf5 is a large C library: a crafted file can make it crash (a reviewer's 8-byte edit gave
+a segfault), loop for ever (a one-byte edit of a global-heap object size does, found by our
+fuzzing) or allocate without bound. So the bundle loader never hands the bytes to libhdf5 in
+its own process. It runs this script (``python -I _hdf5_child.py LIMITS``) with the HDF5
+bytes on stdin and a regular file as stdout; the script limits its own memory, CPU time,
 output size and open files, walks the file, checks every link and dataset *before* reading
 it, and writes what it read in a plain format the parent decodes with numpy alone:
 
     8 bytes little-endian header length, header JSON, then the raw bytes of each array.
 
-Header: {"groups": [root group names], "attrs": {name: text}, "arrays": [{"name": "@attr" or "group/key", "dtype": "<f4",
-"shape": [...]}]}; string attributes go in "attrs", numeric ones and every
-dataset in "arrays" (so NaN and inf travel as they are and the parent judges them).
+Header: {"groups": [root group names], "attrs": {name: text}, "arrays": [{"name": "@attr" or
+"group/key", "dtype": "<f4", "shape": [...]}]}; string attributes go in "attrs", numeric ones
+and every dataset in "arrays" (so NaN and inf travel as they are and the parent judges them).
 
 Exit status: 0 success; 3 refused (the reason on stderr, one line); anything else (a Python
 exception, a signal) is a failure the parent reports. Only the standard library, numpy and
