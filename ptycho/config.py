@@ -1,9 +1,13 @@
 """Typed configuration: one frozen dataclass per `params.yaml` section.
 
-Each section is read with ``section_from_mapping``: unknown keys are rejected with the allowed
-ones listed, values are type-checked against the field annotations, and each class checks its
-own value ranges. Configuration objects hold scalars and paths only; arrays travel in
-``ptycho.data.PtychoDataset``. Nothing here is global: callers pass the objects they need.
+Every section class checks itself on construction, however it is built (``params.yaml`` through
+``section_from_mapping``, ``PrepareConfig(N=32)`` in Python, ``dataclasses.replace``): each value
+is checked against its field annotation and converted (an int or a numeric string for a float, a
+string for an enum), non-finite numbers are refused, then the class checks its own value ranges.
+``section_from_mapping`` adds the check for unknown keys. The defaults here are the values of the
+repository's ``params.yaml`` (a test keeps the two equal). Configuration objects hold scalars and
+paths only; arrays travel in ``ptycho.data.PtychoDataset``. Nothing here is global: callers pass
+the objects they need.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import enum
 import math
 import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import numpy as np
 import yaml
 
+from ptycho.data import MIN_PATTERN_SIZE
 from ptycho.errors import ConfigError
 
 
@@ -90,14 +96,53 @@ class LossKind(str, enum.Enum):
     MAE = "mae"
 
 
+class Algorithm(str, enum.Enum):
+    EPIE = "epie"
+    RPIE = "rpie"
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
 
+def as_enum(kind: type[enum.Enum], value: Any, key: str) -> Any:
+    """``value`` as a member of ``kind``: a member, or the string of one; anything else is refused."""
+    allowed = [member.value for member in kind]
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str) and value in allowed:
+        return kind(value)
+    raise ConfigError(f"{key}: allowed values are {allowed}; got {value!r}")
+
+
+class Section:
+    """Base of the section classes: the one validation path, run by ``__post_init__`` on every
+    construction. Subclasses name their ``params.yaml`` section and check their value ranges."""
+
+    SECTION: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = _field_types(type(self))
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _coerce(self.SECTION, field.name, hints[field.name], getattr(self, field.name))
+            object.__setattr__(self, field.name, value)  # frozen: the converted value replaces the given one
+        self.check()
+
+    def check(self) -> None:
+        """Value ranges and rules between fields; types are already checked."""
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(Section):
     """`prepare:` section: where the train/test data come from."""
+
+    SECTION: ClassVar[str] = "prepare"
 
     source: Source = Source.SIMULATE
     train_file: str = ""  # file sources: the training scan (a file under data/raw/ in the pipeline)
@@ -129,7 +174,10 @@ class PrepareConfig:
     seed: int = 7
 
     def check(self) -> None:
-        _require(self.N >= 16 and self.N % 2 == 0, "prepare.N", f"must be an even number >= 16, got {self.N}")
+        _require(
+            self.N >= MIN_PATTERN_SIZE and self.N % 2 == 0, "prepare.N",
+            f"must be an even number >= {MIN_PATTERN_SIZE}, got {self.N}",
+        )
         _require(0.0 < self.test_fraction < 1.0, "prepare.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         if self.source is not Source.SIMULATE:
             _require(bool(self.train_file), "prepare.train_file", f"is required when source is '{self.source.value}'")
@@ -154,12 +202,13 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """`model:` section: the network and how scan positions are grouped."""
 
+    SECTION: ClassVar[str] = "model"
     gridsize: int = 1  # C = gridsize**2 patterns per group (1 or 2)
     n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
-    n_filters_scale: float = 1.0  # multiplies the encoder/decoder widths (32, 64, 128, ...)
+    n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     architecture: str = "cnn"  # backbone, one of ptycho.nn.NAMES
     window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
 
@@ -175,10 +224,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """`train:` section: optimisation and the Lightning trainer."""
 
-    epochs: int = 30
+    SECTION: ClassVar[str] = "train"
+    epochs: int = 60  # early stopping usually ends it sooner
     batch_size: int = 16
     learning_rate: float = 1.0e-3
     loss: LossKind = LossKind.POISSON
@@ -207,9 +257,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class InferConfig:
+class InferConfig(Section):
     """`infer:` section."""
 
+    SECTION: ClassVar[str] = "infer"
     batch_size: int = 64  # groups per forward pass
     seed: int = 1  # grouping of the test positions (gridsize > 1)
     phase_sync: PhaseSync = PhaseSync.ANGULAR  # how the free phase offset of each patch is removed
@@ -219,10 +270,14 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     """`evaluate:` section: how reconstruction and truth are aligned before they are compared."""
 
-    coverage_fraction: float = 0.5  # scanned region: coverage >= this share of the maximum
+    SECTION: ClassVar[str] = "evaluate"
+    # Scanned region: coverage >= this share of the 90th percentile of the covered pixels'
+    # coverage (ptycho.metrics.scanned_region: a percentile, not the maximum, so that a peak
+    # where scan points crowd does not shrink the region).
+    coverage_fraction: float = 0.5
     margin_px: int = 4  # erode the scanned region by this many pixels
     remove_phase_ramp: bool = False  # fit and remove a linear phase ramp (besides the offset)
     register: bool = False  # sub-pixel registration of the reconstruction onto the truth
@@ -233,9 +288,10 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class CheckConfig:
+class CheckConfig(Section):
     """`check:` section: thresholds `ptycho check` applies to metrics.json after a run."""
 
+    SECTION: ClassVar[str] = "check"
     min_amplitude_ssim: float = 0.0
     min_phase_ssim: float = 0.0
     min_amplitude_pearson: float = 0.0  # catches a flat (collapsed) output
@@ -248,13 +304,8 @@ class CheckConfig:
         _require(self.max_r_factor > 0, "check.max_r_factor", f"must be > 0, got {self.max_r_factor}")
 
 
-class Algorithm(str, enum.Enum):
-    EPIE = "epie"
-    RPIE = "rpie"
-
-
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(Section):
     """`baseline:` section, the settings of ``ptycho.baseline.run_baseline``; checked on construction.
 
     algorithm: "epie" or "rpie" (see the module docstring for the updates).
@@ -268,75 +319,61 @@ class BaselineConfig:
     seed: seed of the random order of the positions (a new permutation each sweep).
     """
 
-    algorithm: Algorithm = Algorithm.EPIE
-    iterations: int = 50
-    batch_size: int = 1
+    SECTION: ClassVar[str] = "baseline"
+    algorithm: Algorithm = Algorithm.RPIE
+    iterations: int = 30
+    batch_size: int = 64
     object_step: float = 1.0
     probe_step: float = 1.0
     update_probe: bool = False
     rpie_alpha: float = 0.05
     seed: int = 1
 
-    def __post_init__(self) -> None:
-        allowed = [member.value for member in Algorithm]
-        if isinstance(self.algorithm, str) and self.algorithm in allowed:
-            object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
-        else:
-            raise ConfigError(f"baseline.algorithm: allowed values are {allowed}; got {self.algorithm!r}")
-        self.check()
-
     def check(self) -> None:
-        def integer(key: str) -> int:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ConfigError(f"baseline.{key}: expected an integer, got {value!r}")
-            return int(value)
-
-        def require(condition: bool, key: str, message: str) -> None:
-            if not condition:
-                raise ConfigError(f"baseline.{key}: {message}")
-
-        require(integer("iterations") >= 1, "iterations", f"must be >= 1, got {self.iterations}")
-        require(integer("batch_size") >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        integer("seed")
+        _require(self.iterations >= 1, "baseline.iterations", f"must be >= 1, got {self.iterations}")
+        _require(self.batch_size >= 1, "baseline.batch_size", f"must be >= 1, got {self.batch_size}")
         for key in ("object_step", "probe_step"):
             value = getattr(self, key)
-            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key,
-                    f"must be a finite number > 0, got {value!r}")
-        require(isinstance(self.rpie_alpha, (int, float)) and 0.0 < self.rpie_alpha <= 1.0, "rpie_alpha",
-                f"must be in (0, 1], got {self.rpie_alpha!r}")
-        require(isinstance(self.update_probe, bool), "update_probe", f"expected true or false, got {self.update_probe!r}")
+            _require(value > 0, f"baseline.{key}", f"must be a finite number > 0, got {value!r}")
+        _require(0.0 < self.rpie_alpha <= 1.0, "baseline.rpie_alpha", f"must be in (0, 1], got {self.rpie_alpha!r}")
 
 
-Section = TypeVar("Section")
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
-    """Check one value against its field annotation; ints (and numeric strings) are accepted for floats."""
+    """Check one value against its field annotation and convert it.
+
+    Enums take their members or the strings of their members; floats take ints and numeric
+    strings (YAML 1.1 reads "1e6" as a string) and must be finite; ints take integers only
+    (not bools, not 64.0); bools take true/false only.
+    """
     where = f"{section}.{key}"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        allowed = [member.value for member in annotation]
-        if value not in allowed:
-            raise ConfigError(f"{where}: allowed values are {allowed}; got {value!r}")
-        return annotation(value)
+        return as_enum(annotation, value, where)
     if annotation is bool:
-        if not isinstance(value, bool):
+        if not isinstance(value, (bool, np.bool_)):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
+        return bool(value)
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return int(value)
     if annotation is float:
-        # YAML 1.1 (PyYAML) reads "1e6" or "1.0e6" as a string; accept it as the number it spells.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a double
+            raise ConfigError(f"{where}: {value!r} is too large") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -344,20 +381,16 @@ def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
     raise TypeError(f"unsupported field type {annotation!r} for {where}")
 
 
-def section_from_mapping(cls: type[Section], section: str, mapping: Mapping[str, Any] | None) -> Section:
-    """Build and check the configuration object of one section from its mapping."""
+def section_from_mapping(cls: type[SectionT], section: str, mapping: Mapping[str, Any] | None) -> SectionT:
+    """Build the configuration object of one section from its mapping (checked on construction)."""
     mapping = {} if mapping is None else mapping
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{section}: expected a mapping of keys to values, got {type(mapping).__name__}")
-    hints = typing.get_type_hints(cls)
     allowed = [field.name for field in dataclasses.fields(cls)]
-    unknown = sorted(set(mapping) - set(allowed))
+    unknown = sorted(set(map(str, mapping)) - set(allowed))
     if unknown:
         raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {allowed}")
-    values = {key: _coerce(section, key, hints[key], value) for key, value in mapping.items()}
-    config = cls(**values)
-    config.check()
-    return config
+    return cls(**mapping)
 
 
 SECTIONS: dict[str, type] = {

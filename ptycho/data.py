@@ -1,6 +1,7 @@
 """The dataset contract: one typed object for ptychographic data and the canonical NPZ file.
 
-Canonical NPZ (DESIGN.md section 5), always read with ``np.load(path, allow_pickle=False)``:
+Canonical NPZ (DESIGN.md section 5), read without pickle by a bounded reader (``read_npz``: the
+file is untrusted, every header is checked before anything is allocated):
 
 =============  =========  =========  ===================================================
 key            shape      dtype      meaning
@@ -39,22 +40,49 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import tokenize
 import zipfile
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from ptycho.archive import ZIP_ERRORS, checked_infos, open_zip, parse_json, read_into
 from ptycho.errors import DataError
 from ptycho.files import write_npz
+
+MIN_PATTERN_SIZE = 16
+"""Smallest pattern size N the network can use: its encoder pools N in log2(N) - 3 blocks down to
+an 8 x 8 bottleneck (ptycho.model.Architecture.levels), so N = 16 is the smallest with one block."""
+
+MIN_PATTERNS = 2
+"""Fewest patterns a dataset may hold: training needs one to fit and one to validate, and a single
+position is not a ptychographic scan."""
+
+MAX_NPZ_BYTES = 8 << 30
+"""Largest total (uncompressed) size of the arrays of one NPZ file: 8 GiB, 130 000 patterns of
+128 x 128 float32. A file that declares more is refused before anything is read."""
+
+MAX_INFLATION = 500
+MAX_INFLATION_FREE_BYTES = 64 << 20
+"""A member larger than 64 MiB may inflate at most 500-fold. Measured on simulated amplitudes
+(float32 sqrt of counts, N = 32): 6-fold at 1e6 photons per pattern, 28-fold at 1e3, 183-fold
+at 10 (99 % zeros). 1 GiB of zeros deflates 1030-fold (the most deflate can do): a zip bomb
+like that is refused before seconds of decompression are spent on it."""
+
+MAX_NPZ_MEMBERS = 64
+MAX_METADATA_BYTES = 1 << 20
+_MAX_NPY_HEADER = 10000  # numpy's own default limit on a .npy header
+_NPY_KINDS = "biufcUS"  # bool, integers, floats, complex, strings; never objects or records
 
 DIFFRACTION_QUANTITIES = ("amplitude", "intensity")
 """Allowed values of ``metadata["diffraction_quantity"]`` in a file."""
 
 _REQUIRED_KEYS = ("xcoords", "ycoords", "probeGuess")
+_KEYS = ("diffraction", "diff3d", *_REQUIRED_KEYS, "objectGuess", "scan_index", "metadata", "mask", "probe_modes")  # what load_dataset reads
 
 # Which source dtype kinds may be cast to a target kind without losing meaning
 # (b: bool, i: int, u: unsigned, f: float, c: complex). Bool or string data is never numbers.
@@ -167,9 +195,11 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
     """Check that `dataset` is consistent; raise DataError naming `source`, the key and the problem.
 
     Checks shapes and exact dtypes of every field, finite and non-negative amplitudes, even
-    square patterns, one position per pattern, probe shape (N, N), JSON-serialisable metadata
-    that does not claim to hold intensities, and (when an object is present) that every probe
-    window lies inside it. `diffraction_key` is the name used for the patterns in messages
+    square patterns of at least ``MIN_PATTERN_SIZE``, at least ``MIN_PATTERNS`` patterns, not
+    all of them zero, one position per pattern, a finite probe of shape (N, N) that is not zero
+    everywhere, distinct non-negative scan indices, JSON-serialisable metadata that does not
+    claim to hold intensities, and (when an object is present) that every probe window lies
+    inside it. `diffraction_key` is the name used for the patterns in messages
     (the file may have called them ``diff3d``).
     """
     amplitudes = dataset.amplitudes
@@ -180,10 +210,21 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
     n = rows
     if n == 0 or n % 2:
         raise _error(source, diffraction_key, f"pattern size must be even and positive, found N={n}")
+    if n < MIN_PATTERN_SIZE:
+        raise _error(
+            source, diffraction_key, f"pattern size N={n} is below the minimum of {MIN_PATTERN_SIZE} the network can use"
+        )
     if m == 0:
         raise _error(source, diffraction_key, "holds no patterns (M=0)")
+    if m < MIN_PATTERNS:
+        raise _error(
+            source, diffraction_key, f"holds {m} pattern(s); a scan needs at least {MIN_PATTERNS} "
+            "(training fits some and validates on others)"
+        )
     _check_finite(amplitudes, source, diffraction_key, "amplitude")
     _check_non_negative(amplitudes, source, diffraction_key, "amplitude")
+    if not amplitudes.any():
+        raise _error(source, diffraction_key, f"all {m} patterns are zero everywhere; there is nothing to reconstruct from")
 
     for key, coords in (("xcoords", dataset.xcoords), ("ycoords", dataset.ycoords)):
         _check_array(coords, source, key, ("M",), np.float64)
@@ -201,6 +242,8 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
             f"probe shape {dataset.probe.shape} does not match the patterns: expected {(n, n)}",
         )
     _check_finite(dataset.probe, source, "probeGuess", "probe")
+    if not dataset.probe.any():
+        raise _error(source, "probeGuess", "the probe is zero everywhere")
 
     if dataset.object is not None:
         _check_array(dataset.object, source, "objectGuess", ("H", "W"), np.complex64)
@@ -212,6 +255,15 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
             source,
             "scan_index",
             f"has {dataset.scan_index.shape[0]} entries but '{diffraction_key}' has {m} patterns",
+        )
+    if (dataset.scan_index < 0).any():
+        first = int(np.argmax(dataset.scan_index < 0))
+        raise _error(source, "scan_index", f"negative scan index {int(dataset.scan_index[first])} at position {first}")
+    unique, counts = np.unique(dataset.scan_index, return_counts=True)
+    if (counts > 1).any():
+        repeated = unique[counts > 1]
+        raise _error(
+            source, "scan_index", f"{repeated.size} scan index value(s) occur more than once, e.g. {int(repeated[0])}"
         )
 
     _check_metadata(dataset.metadata, source)
@@ -274,8 +326,16 @@ def _check_positions_inside(dataset: PtychoDataset, source: str) -> None:
         )
 
 
-def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every member of the NPZ at `path`, read without pickle; DataError for anything else."""
+def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The members ``keys`` (all when None) of the NPZ at `path`, read without pickle, each
+    checked before it is allocated.
+
+    The file is untrusted: member names, compression and declared sizes are checked first (see
+    ``ptycho.archive``); each ``.npy`` header's dtype and shape must account exactly for the
+    member's size, and the arrays read stay under ``MAX_NPZ_BYTES`` together, so a header that
+    claims 10**9 patterns, or a zip bomb beyond the cap, is refused before memory is allocated.
+    Members not asked for are checked (header only) but not read.
+    """
     path = Path(path)
     source = str(path)
     if not path.exists():
@@ -287,29 +347,82 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise DataError(f"{source}: not a valid NPZ file (not a zip archive)")
     arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
-                arrays[key] = _read_member(npz, key, source)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-        raise DataError(f"{source}: not a valid NPZ file: {exc}") from exc
+    where = f"{source}: not a valid NPZ file"
+    with open_zip(path, where, DataError) as archive:
+        infos = checked_infos(archive, where, DataError, max_members=MAX_NPZ_MEMBERS, strict_names=False)
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise _error(source, info.filename, "is not a .npy array member of the NPZ")
+        wanted = None if keys is None else set(keys)
+        used = [info for info in infos if wanted is None or info.filename[: -len(".npy")] in wanted]
+        for info in used:
+            if info.file_size > MAX_INFLATION_FREE_BYTES and info.file_size > MAX_INFLATION * max(info.compress_size, 1):
+                raise _error(
+                    source, info.filename[: -len(".npy")],
+                    f"inflates from {info.compress_size} to {info.file_size} bytes, more than {MAX_INFLATION}-fold: a "
+                    "zip bomb, or an array that is almost all one value (store it uncompressed, np.savez, if it is real)",
+                )
+        total = sum(info.file_size for info in used)
+        if total > MAX_NPZ_BYTES:
+            raise DataError(
+                f"{source}: not a valid NPZ file: its arrays declare {total} bytes, more than the "
+                f"{MAX_NPZ_BYTES} allowed (ptycho.data.MAX_NPZ_BYTES)"
+            )
+        for info in infos:
+            # Every header is checked (an object array anywhere is refused); only the arrays
+            # this contract uses are read, so a large unrelated member costs nothing.
+            array = _read_npy(archive, info, source, read_data=info in used)
+            if array is not None:
+                arrays[info.filename[: -len(".npy")]] = array
     return arrays
 
 
-def _read_member(npz: Any, key: str, source: str) -> np.ndarray:
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, *, read_data: bool) -> np.ndarray | None:
+    """One ``.npy`` member: header parsed and checked, then (``read_data``) the data read into
+    one allocation; None when the data are not read."""
+    key = info.filename[: -len(".npy")]
     try:
-        value = npz[key]
-    except ValueError as exc:
-        # numpy refuses object arrays when allow_pickle=False, before unpickling anything.
-        if "allow_pickle" in str(exc):
-            raise _error(
-                source, key, "holds pickled Python objects (an object array); pickled data is refused "
-                "because unpickling can execute code"
-            ) from exc
-        raise _error(source, key, f"cannot be read as an array: {exc}") from exc
-    if not isinstance(value, np.ndarray):
-        raise _error(source, key, "is not a .npy array member of the NPZ")
-    return value
+        with archive.open(info) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=_MAX_NPY_HEADER)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=_MAX_NPY_HEADER)
+            else:
+                raise _error(source, key, f"npy format version {version[0]}.{version[1]} is not read (1.0 and 2.0 are)")
+            header_bytes = handle.tell()
+            if dtype.hasobject:
+                # An object array would be unpickled; refused before anything is read.
+                raise _error(
+                    source, key, "holds pickled Python objects (an object array); pickled data is refused "
+                    "because unpickling can execute code"
+                )
+            if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+                raise _error(source, key, f"dtype {dtype} is not read; numbers and strings only")
+            if any(extent < 0 for extent in shape):
+                raise _error(source, key, f"header declares a negative extent in shape {shape}")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if header_bytes + nbytes != info.file_size:
+                raise _error(
+                    source, key, f"header declares shape {_short(shape)} {dtype} ({nbytes} bytes), but the member "
+                    f"holds {info.file_size - header_bytes} bytes of data"
+                )
+            if not read_data:
+                return None
+            array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
+            flat = (array.T if fortran_order else array).reshape(-1)  # a view: the array's memory in file order
+            read_into(handle, memoryview(flat.view(np.uint8)), f"{source}: not a valid NPZ file: key '{key}'", DataError)
+    except (*ZIP_ERRORS, SyntaxError, RecursionError, tokenize.TokenError) as exc:
+        # numpy's header parser reports a malformed header as ValueError (or, from its
+        # tokenizer, TokenError); zipfile a corrupt or truncated member as BadZipFile,
+        # zlib.error or EOFError.
+        raise DataError(f"{source}: not a valid NPZ file: key '{key}': {type(exc).__name__}: {_short(str(exc), 200)}") from exc
+    return array
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any]:
@@ -323,12 +436,12 @@ def parse_metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any]
             f"expected a 0-d string array holding JSON, found dtype {value.dtype} shape {value.shape}",
         )
     text = value.item()
-    try:
-        if isinstance(text, bytes):
+    if isinstance(text, bytes):
+        try:
             text = text.decode("utf-8")
-        parsed = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _error(source, "metadata", f"invalid JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise _error(source, "metadata", f"invalid JSON: not UTF-8 text ({exc})") from exc
+    parsed = parse_json(text, f"{source}: key 'metadata': invalid JSON", DataError, max_bytes=MAX_METADATA_BYTES)
     if not isinstance(parsed, dict):
         raise _error(source, "metadata", f"JSON must be an object, found {type(parsed).__name__}")
     return parsed
@@ -381,7 +494,7 @@ def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None 
     """
     path = Path(path)
     source = str(path)
-    arrays = read_npz(path)
+    arrays = read_npz(path, _KEYS)
     metadata = parse_metadata(arrays, source)
     diff_key = _diffraction_key(arrays, source)
     for key in _REQUIRED_KEYS:

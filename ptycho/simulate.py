@@ -12,7 +12,8 @@ import torch
 from scipy import ndimage
 
 from ptycho import physics
-from ptycho.config import ObjectKind, PrepareConfig, ProbeKind, ScanKind
+from ptycho.config import ObjectKind, PrepareConfig, ProbeKind, ScanKind, as_enum
+from ptycho.errors import ConfigError
 from ptycho.data import PtychoDataset
 
 
@@ -54,12 +55,15 @@ def make_object(
     Amplitude spans amplitude_range (thick = dark), phase spans [-phase_max_rad, +phase_max_rad].
     """
     shape = (size_px, size_px)
-    if kind is ObjectKind.GRF:
-        amplitude_field = gaussian_random_field(shape, feature_px, rng)
-        phase_field = gaussian_random_field(shape, feature_px, rng)
-    else:
-        amplitude_field = random_lines(shape, feature_px, rng)
-        phase_field = random_lines(shape, feature_px, rng)
+    match as_enum(ObjectKind, kind, "object_kind"):
+        case ObjectKind.GRF:
+            amplitude_field = gaussian_random_field(shape, feature_px, rng)
+            phase_field = gaussian_random_field(shape, feature_px, rng)
+        case ObjectKind.LINES:
+            amplitude_field = random_lines(shape, feature_px, rng)
+            phase_field = random_lines(shape, feature_px, rng)
+        case other:
+            raise ConfigError(f"object_kind: {other!r} has no object generator")
     low, high = amplitude_range
     amplitude = high - (high - low) * amplitude_field
     phase = phase_max_rad * (2.0 * phase_field - 1.0)
@@ -82,16 +86,19 @@ def make_probe(kind: ProbeKind, size: int, diameter_px: float) -> np.ndarray:
     centred = np.arange(size) - size // 2
     rows, cols = np.meshgrid(centred, centred, indexing="ij")
     radius = np.hypot(rows, cols)
-    if kind is ProbeKind.GAUSSIAN:
-        sigma = diameter_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-        probe = np.exp(-(radius**2) / (2.0 * sigma**2)).astype(complex)
-    else:
-        # An aperture of radius R (frequency pixels) focuses to an Airy disc with first zero
-        # at 0.61 N / R pixels, so R = 1.22 N / diameter.
-        aperture_radius = 1.22 * size / diameter_px
-        edge = ndimage.gaussian_filter((radius <= aperture_radius).astype(float), aperture_radius / 6)
-        pupil = edge * np.exp(1j * 1.0 * (radius / aperture_radius) ** 2)
-        probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil)))
+    match as_enum(ProbeKind, kind, "probe_kind"):
+        case ProbeKind.GAUSSIAN:
+            sigma = diameter_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+            probe = np.exp(-(radius**2) / (2.0 * sigma**2)).astype(complex)
+        case ProbeKind.APERTURE:
+            # An aperture of radius R (frequency pixels) focuses to an Airy disc with first zero
+            # at 0.61 N / R pixels, so R = 1.22 N / diameter.
+            aperture_radius = 1.22 * size / diameter_px
+            edge = ndimage.gaussian_filter((radius <= aperture_radius).astype(float), aperture_radius / 6)
+            pupil = edge * np.exp(1j * 1.0 * (radius / aperture_radius) ** 2)
+            probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil)))
+        case other:
+            raise ConfigError(f"probe_kind: {other!r} has no probe generator")
     return (probe / np.abs(probe).max()).astype(np.complex64)
 
 
@@ -105,6 +112,7 @@ def make_scan(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probe-window centres (xcoords, ycoords) inside a square object of side ``object_px``.
 
+    ``kind`` is a ScanKind or its string ("grid", ...); anything else raises ConfigError.
     Centres stay in [N/2 + 1, object_px - N/2 - 1] so every N x N window, sub-pixel shifts
     included, lies inside the object. grid: raster with spacing step_px plus uniform jitter of
     +-jitter_px; random: uniform, as many points as the grid; spiral: Fermat spiral with one
@@ -113,23 +121,26 @@ def make_scan(
     low, high = size / 2 + 1, object_px - size / 2 - 1
     extent = high - low
     n_per_side = int(np.floor(extent / step_px)) + 1
-    if kind is ScanKind.GRID:
-        ticks = low + (extent - step_px * (n_per_side - 1)) / 2 + step_px * np.arange(n_per_side)
-        ycoords, xcoords = (a.ravel() for a in np.meshgrid(ticks, ticks, indexing="ij"))
-        xcoords = xcoords + rng.uniform(-jitter_px, jitter_px, xcoords.shape)
-        ycoords = ycoords + rng.uniform(-jitter_px, jitter_px, ycoords.shape)
-    elif kind is ScanKind.RANDOM:
-        xcoords = rng.uniform(low, high, n_per_side**2)
-        ycoords = rng.uniform(low, high, n_per_side**2)
-    else:
-        index = np.arange(4 * n_per_side**2)
-        radius = step_px / np.sqrt(np.pi) * np.sqrt(index)
-        angle = index * np.deg2rad(137.508)
-        centre = (low + high) / 2
-        xcoords = centre + radius * np.cos(angle)
-        ycoords = centre + radius * np.sin(angle)
-        inside = (np.abs(xcoords - centre) <= extent / 2) & (np.abs(ycoords - centre) <= extent / 2)
-        xcoords, ycoords = xcoords[inside], ycoords[inside]
+    match as_enum(ScanKind, kind, "scan_kind"):
+        case ScanKind.GRID:
+            ticks = low + (extent - step_px * (n_per_side - 1)) / 2 + step_px * np.arange(n_per_side)
+            ycoords, xcoords = (a.ravel() for a in np.meshgrid(ticks, ticks, indexing="ij"))
+            xcoords = xcoords + rng.uniform(-jitter_px, jitter_px, xcoords.shape)
+            ycoords = ycoords + rng.uniform(-jitter_px, jitter_px, ycoords.shape)
+        case ScanKind.RANDOM:
+            xcoords = rng.uniform(low, high, n_per_side**2)
+            ycoords = rng.uniform(low, high, n_per_side**2)
+        case ScanKind.SPIRAL:
+            index = np.arange(4 * n_per_side**2)
+            radius = step_px / np.sqrt(np.pi) * np.sqrt(index)
+            angle = index * np.deg2rad(137.508)
+            centre = (low + high) / 2
+            xcoords = centre + radius * np.cos(angle)
+            ycoords = centre + radius * np.sin(angle)
+            inside = (np.abs(xcoords - centre) <= extent / 2) & (np.abs(ycoords - centre) <= extent / 2)
+            xcoords, ycoords = xcoords[inside], ycoords[inside]
+        case other:
+            raise ConfigError(f"scan_kind: {other!r} has no scan generator")
     return np.clip(xcoords, low, high).astype(np.float64), np.clip(ycoords, low, high).astype(np.float64)
 
 

@@ -242,7 +242,8 @@ def test_coverage_is_the_illumination_and_unlit_pixels_are_zero(scan, rpie_seque
 
 def test_settings_accept_the_algorithm_by_name():
     assert BaselineConfig(algorithm="rpie").algorithm is Algorithm.RPIE
-    assert BaselineConfig().algorithm is Algorithm.EPIE
+    assert BaselineConfig(algorithm="epie").algorithm is Algorithm.EPIE
+    assert BaselineConfig().algorithm is Algorithm.RPIE  # the default of params.yaml
 
 
 @pytest.mark.parametrize(
@@ -266,7 +267,7 @@ def test_bad_settings_raise_config_error_naming_the_field(field, value):
 
 def test_progress_bar_shows_the_error(capsys):
     scan = simulate_train_test(dataclasses.replace(SMALL, test_object_px=48))[1]
-    run_baseline(scan, BaselineConfig(iterations=2, batch_size=8), progress=True)
+    run_baseline(scan, BaselineConfig(algorithm="epie", iterations=2, batch_size=8), progress=True)
     shown = capsys.readouterr().err
     assert "baseline-epie" in shown and "error=" in shown
 

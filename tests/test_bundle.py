@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import pickle
+import time
 import zipfile
 from pathlib import Path
 
@@ -340,7 +342,7 @@ def test_inconsistent_shared_weights(tmp_path):
     weights = edit_weights(
         read_members(path)["wts.h5"], lambda h5: h5["diffraction_to_obj/backbone.encoder.0.bias"].__setitem__(0, 9.0)
     )
-    expect_error(repack(path, tmp_path / "bad.zip", {"wts.h5": weights}), "shared parameter", "encoder.0.bias")
+    expect_error(repack(path, tmp_path / "bad.zip", {"wts.h5": weights}), "shared parameter", "backbone.encoder.0.bias")
 
 
 # --- foreign archives and pickles ----------------------------------------------------------
@@ -409,6 +411,253 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     assert load_bundle(path).architecture == architecture(2)
     assert "pickle" not in vars(bundle_module) and "dill" not in vars(bundle_module)
+
+
+# --- untrusted input: zip level --------------------------------------------------------------
+
+
+def raw_entries(members: dict[str, bytes], **overrides) -> bytes:
+    from fuzzing import zip_members
+
+    return zip_members(members, **overrides)
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil.txt", "/etc/evil.txt", "a\\b.txt", "dir/../../x", "bad\nname.txt", ".hidden", "sp ace.txt"]
+)
+def test_extra_member_with_a_path_name_is_refused_on_loading(tmp_path, name):
+    bad = repack(saved(tmp_path), tmp_path / "bad.zip", {name: b"hello"})  # listed, checksum right
+    expect_error(bad, "zip member name", "not a plain relative path")
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ({"method": 12}, ("compression method 12", "stored, deflated")),
+    ({"method": 99}, ("compression method 99",)),
+    ({"flags": 0x1}, ("encrypted",)),
+    ({"size": 1 << 30}, ("declares 1073741824 bytes", "more than")),
+])
+def test_member_method_flags_and_declared_size_are_checked_before_reading(tmp_path, override, words):
+    members = read_members(saved(tmp_path))
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(raw_entries(members, **{"wts.h5": override}))
+    expect_error(bad, "wts.h5", *words)
+
+
+def test_zip_bomb_is_refused_without_inflating_it(tmp_path):
+    from fuzzing import raw_zip, zero_bomb
+
+    members = read_members(saved(tmp_path))
+    bomb, crc = zero_bomb(1024)  # 1 GiB of zeros in about 1 MB
+    entries = [{"name": n.encode(), "data": d} for n, d in members.items() if n != "history.csv"]
+    for declared in (1 << 30, len(members["history.csv"])):  # honest and lying declared sizes
+        entry = {"name": b"history.csv", "data": bomb, "method": 8, "crc": crc, "size": declared}
+        bad = tmp_path / f"bomb{declared}.zip"
+        bad.write_bytes(raw_zip(entries + [entry]))
+        started = time.perf_counter()
+        expect_error(bad, "history.csv")
+        assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("text", [b"[" * 100000 + b"]" * 100000, b'{"format_version": ' + b"9" * 5000 + b"}",
+                                  b'{"format_version": NaN}', b"\xff\xfe"])
+def test_hostile_manifest_text_is_a_bundle_error(tmp_path, text):
+    members = read_members(saved(tmp_path))
+    members["manifest.json"] = text
+    expect_error(write_zip(tmp_path / "bad.zip", members), "manifest.json")
+
+
+# --- untrusted input: HDF5 level -------------------------------------------------------------
+
+MARKER = np.float32(1234.5)
+
+
+def with_weights(tmp_path: Path, edit) -> Path:
+    path = saved(tmp_path)
+    return repack(path, tmp_path / "bad.zip", {"wts.h5": edit_weights(read_members(path)["wts.h5"], edit)})
+
+
+def replace_in_both_groups(h5, key, make):
+    for group, name in ((h5["diffraction_to_obj"], key), (h5["autoencoder"], f"diffraction_to_obj.{key}")):
+        shape = group[name].shape
+        del group[name]
+        make(group, name, shape)
+
+
+def test_external_storage_is_refused_and_never_read(tmp_path):
+    marker = tmp_path / "marker.bin"
+    marker.write_bytes(np.full(4096, MARKER, np.float32).tobytes())
+    for target in (str(marker), "marker.bin"):
+        bad = with_weights(tmp_path, lambda h5: replace_in_both_groups(
+            h5, "backbone.encoder.0.weight",
+            lambda g, n, shape: g.create_dataset(n, shape=shape, dtype=np.float32, external=[(target, 0, h5py.h5f.UNLIMITED)])))
+        if target == str(marker):  # the mutant works: plain h5py reads the marker through it
+            with h5py.File(io.BytesIO(read_members(bad)["wts.h5"]), "r") as h5:
+                assert np.all(h5["diffraction_to_obj/backbone.encoder.0.weight"][()] == MARKER)
+        expect_error(bad, "backbone.encoder.0.weight", "external storage")
+
+
+def test_virtual_dataset_is_refused(tmp_path):
+    source = tmp_path / "source.h5"
+    with h5py.File(source, "w") as h5:
+        h5.create_dataset("marker", data=np.full(64, MARKER, np.float32))
+
+    def make(group, name, shape):
+        layout = h5py.VirtualLayout(shape=shape, dtype=np.float32)
+        layout[...] = h5py.VirtualSource(str(source), "marker", shape=shape)
+        group.create_virtual_dataset(name, layout)
+
+    expect_error(with_weights(tmp_path, lambda h5: replace_in_both_groups(h5, "backbone.encoder.0.bias", make)), "virtual dataset")
+
+
+@pytest.mark.parametrize("link", ["soft", "external"])
+def test_soft_and_external_links_are_refused(tmp_path, link):
+    def make(group, name, shape):
+        group[name] = (h5py.SoftLink("/probe") if link == "soft" else h5py.ExternalLink(str(tmp_path / "x.h5"), "/marker"))
+
+    message = expect_error(with_weights(tmp_path, lambda h5: replace_in_both_groups(h5, "backbone.encoder.0.bias", make)), "backbone.encoder.0.bias")
+    assert f"{link} link" in message
+
+
+def test_huge_never_written_dataset_is_refused_before_allocation(tmp_path):
+    def make(group, name, shape):
+        group.create_dataset(name, shape=(20000, 20000), dtype=np.float32)  # 1.6 GB declared, 0 stored
+
+    message = expect_error(with_weights(tmp_path, lambda h5: replace_in_both_groups(h5, "backbone.encoder.0.weight", make)), "(20000, 20000)")
+    assert "stores 0 bytes" in message
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("backbone.encoder.0.weight", np.nan, "non-finite"),
+    ("backbone.encoder.0.bias", np.inf, "non-finite"),
+])
+def test_non_finite_weights_are_refused(tmp_path, key, value, words):
+    def edit(h5):
+        for group, name in ((h5["diffraction_to_obj"], key), (h5["autoencoder"], f"diffraction_to_obj.{key}")):
+            data = group[name][()]
+            data.flat[0] = value
+            group[name][...] = data
+
+    expect_error(with_weights(tmp_path, edit), key, words)
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    (0.0, "must be in (0, inf]"), (-1.0, "must be in (0"), (np.nan, "finite"), ("3.25", "must be a real number"),
+])
+def test_intensity_scale_must_be_a_positive_finite_number(tmp_path, value, words):
+    expect_error(with_weights(tmp_path, lambda h5: h5.attrs.__setitem__("intensity_scale", value)), "intensity_scale", words)
+
+
+def test_all_zero_probe_is_refused(tmp_path):
+    def edit(h5):
+        for group in (h5, h5["autoencoder"]):
+            group["probe"][...] = np.zeros((N, N), np.complex64)
+
+    expect_error(with_weights(tmp_path, edit), "probe is zero everywhere")
+
+
+def test_root_probe_must_equal_the_models_probe(tmp_path):
+    # This check could never fire while the model's probe buffer aliased the root array.
+    def edit(h5):
+        data = h5["probe"][()]
+        data[3, 4] += 1
+        h5["probe"][...] = data
+
+    expect_error(with_weights(tmp_path, edit), "root dataset 'probe' differs from the autoencoder's probe buffer")
+
+
+@pytest.mark.parametrize(("architecture_json", "words"), [
+    ('{"N": 32.0, "gridsize": 1, "n_filters_scale": 0.125}', ("field 'N'", "type int", "32.0")),
+    ('{"N": 32, "gridsize": -1, "n_filters_scale": 0.125}', ("field 'gridsize'", "[1, 2]")),
+    ('{"N": 32, "gridsize": 1, "n_filters_scale": 20}', ("n_filters_scale", "(0, 16]")),
+    ('{"N": 1024, "gridsize": 1, "n_filters_scale": 16}', ("values in model", "more than the 33554432")),
+    ('{"N": 33, "gridsize": 1, "n_filters_scale": 0.125}', ("field 'N'", "multiple of 2")),
+    ('{"N": 32, "gridsize": 1, "n_filters_scale": 0.125, "evil": 1}', ("unknown field", "evil")),
+    ('{"gridsize": 1, "n_filters_scale": 0.125}', ("lacks the field 'N'",)),
+    ('{"N": 32, "gridsize": 1, "n_filters_scale": NaN}', ("not valid JSON",)),
+    ('[' * 5000 + ']' * 5000, ("nested deeper",)),
+])
+def test_architecture_fields_are_checked_by_type_and_range(tmp_path, architecture_json, words):
+    expect_error(with_weights(tmp_path, lambda h5: h5.attrs.__setitem__("architecture", architecture_json)), "architecture", *words)
+
+
+def test_every_architecture_field_has_allowed_values():
+    # Adding a field to Architecture means adding its row to ARCHITECTURE_LIMITS.
+    assert sorted(f.name for f in dataclasses.fields(Architecture)) == sorted(bundle_module.ARCHITECTURE_LIMITS)
+
+
+def test_bundle_without_a_defaulted_architecture_field_loads_with_the_default(tmp_path):
+    # An older bundle that predates a field (here: n_filters_scale, default 1.0) still loads.
+    path = tmp_path / "old.zip"
+    old = Architecture(N=N, gridsize=1)  # n_filters_scale = 1.0, the default
+    torch.manual_seed(0)
+    autoencoder, diffraction_to_obj = build_models(old, np.ones((N, N), np.complex64), 2.0)
+    save_bundle(path, autoencoder, diffraction_to_obj, old)
+    text = json.dumps({"N": N, "gridsize": 1})
+    weights = edit_weights(read_members(path)["wts.h5"], lambda h5: h5.attrs.__setitem__("architecture", text))
+    assert load_bundle(repack(path, tmp_path / "older.zip", {"wts.h5": weights})).architecture == old
+
+
+def test_unknown_root_items_are_refused_not_ignored(tmp_path):
+    expect_error(with_weights(tmp_path, lambda h5: h5.create_dataset("probe_scale", data=2.0)), "unexpected root item", "probe_scale")
+    expect_error(with_weights(tmp_path, lambda h5: h5.attrs.__setitem__("extra", 1)), "unexpected root item", "@extra")
+
+
+# --- the child process: crash, hang and refusal become BundleErrors ----------------------------
+
+
+@pytest.mark.parametrize(("script", "words"), [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", ("crashed the HDF5 library", "SIGSEGV")),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGABRT)", ("crashed the HDF5 library", "SIGABRT")),
+    ("import time; time.sleep(30)", ("took longer than 1 s",)),
+    ("x = bytearray(1 << 40)", ("not a readable HDF5 file", "MemoryError")),
+    ("raise SystemExit(3)", ("no message",)),
+])
+def test_a_crashing_or_hanging_reader_is_a_bundle_error(tmp_path, monkeypatch, script, words):
+    child = tmp_path / "child.py"
+    child.write_text("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+                     "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n" + script + "\n")
+    path = saved(tmp_path)
+    monkeypatch.setattr(bundle_module, "_HDF5_CHILD", child)
+    monkeypatch.setattr(bundle_module, "HDF5_TIMEOUT_S", 1)
+    expect_error(path, "wts.h5", *words)
+
+
+def test_libhdf5_never_runs_in_the_loading_process(tmp_path, monkeypatch):
+    path = saved(tmp_path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_bundle opened HDF5 in its own process")
+
+    monkeypatch.setattr(h5py, "File", forbidden)
+    assert load_bundle(path).architecture == architecture()
+
+
+@pytest.mark.parametrize("text", [b"[" * 5000 + b"]" * 5000, b'{"model": {"n_neighbours": 1e999}}', b"{oops"])
+def test_json_extras_are_parsed_with_limits_on_loading(tmp_path, text):
+    # infer reads config.json; a crafted one must fail here, as a BundleError, not there.
+    expect_error(repack(saved(tmp_path), tmp_path / "bad.zip", {"config.json": text}), "config.json")
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    autoencoder, diffraction_to_obj = make_models()
+    with torch.no_grad():
+        diffraction_to_obj.backbone.encoder[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BundleError, match="non-finite"):
+        save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, architecture())
+    big = Architecture(N=N, gridsize=1, n_filters_scale=16.0)
+    with pytest.raises(BundleError, match="more than the 33554432"):
+        save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, big)
+    assert not (tmp_path / "wts.h5.zip").exists()
+
+
+def test_a_root_scalar_added_later_takes_its_default_in_older_bundles(tmp_path, monkeypatch):
+    # How a new root attribute (as probe_scale was in format 2) is read from bundles that
+    # predate it: with a default it loads, without one it is required.
+    rows = {**bundle_module.ROOT_SCALARS, "future_scale": bundle_module.Allowed(0.0, above=True, default=1.0)}
+    monkeypatch.setattr(bundle_module, "ROOT_SCALARS", rows)
+    assert load_bundle(saved(tmp_path)).architecture == architecture()
+    rows["future_scale"] = bundle_module.Allowed(0.0, above=True)  # no default: required
+    expect_error(saved(tmp_path, name="b.zip"), "lacks the root attribute 'future_scale'")
 
 
 # --- probe scale and earlier formats ----------------------------------------------------------

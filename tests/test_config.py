@@ -1,16 +1,30 @@
 """Configuration sections: defaults, type checks, value checks, unknown keys."""
 
+import dataclasses
+from pathlib import Path
+
+import numpy as np
 import pytest
 import yaml
 
 from ptycho import config
-from ptycho.config import ModelConfig, PrepareConfig, TrainConfig
+from ptycho.config import BaselineConfig, CheckConfig, EvaluateConfig, InferConfig, LossKind, ModelConfig, PrepareConfig, TrainConfig
 from ptycho.errors import ConfigError
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
-def test_repository_params_file_is_valid():
-    for section in config.SECTIONS:
-        assert config.load_section("params.yaml", section) is not None
+
+@pytest.mark.parametrize("section", sorted(config.SECTIONS))
+def test_dataclass_defaults_are_the_values_of_params_yaml(section):
+    # One source for each default: params.yaml lists every field, with the dataclass's default.
+    cls = config.SECTIONS[section]
+    in_file = config.read_params(PARAMS)[section]
+    assert sorted(in_file) == sorted(field.name for field in dataclasses.fields(cls))
+    assert config.load_section(PARAMS, section) == cls()
+
+
+def test_params_yaml_has_exactly_the_known_sections():
+    assert sorted(config.read_params(PARAMS)) == sorted(config.SECTIONS)
 
 
 def test_values_are_typed_and_enums_resolved():
@@ -42,6 +56,59 @@ def test_bad_values_name_the_key_and_what_is_allowed(cls, section, mapping, key,
         config.section_from_mapping(cls, section, mapping)
     assert key in str(error.value)
     assert needle in str(error.value)
+
+
+NON_FINITE_AND_OTHER_BAD_VALUES = [
+    (PrepareConfig, {"N": 63}, "prepare.N", "even"),
+    (PrepareConfig, {"N": 8}, "prepare.N", ">= 16"),
+    (PrepareConfig, {"N": 64.0}, "prepare.N", "integer"),
+    (PrepareConfig, {"nphotons": -1}, "prepare.nphotons", "> 0"),
+    (PrepareConfig, {"nphotons": float("inf")}, "prepare.nphotons", "finite"),
+    (PrepareConfig, {"nphotons": "inf"}, "prepare.nphotons", "finite"),
+    (PrepareConfig, {"step_px": float("inf")}, "prepare.step_px", "finite"),
+    (PrepareConfig, {"feature_px": float("nan")}, "prepare.feature_px", "finite"),
+    (PrepareConfig, {"nphotons": 10**400}, "prepare.nphotons", "too large"),
+    (PrepareConfig, {"scan_kind": "fermat"}, "prepare.scan_kind", "'grid', 'random', 'spiral'"),
+    (PrepareConfig, {"scan_kind": 1}, "prepare.scan_kind", "allowed values"),
+    (TrainConfig, {"loss": "mse"}, "train.loss", "'poisson', 'mae'"),
+    (TrainConfig, {"learning_rate": float("inf")}, "train.learning_rate", "finite"),
+    (TrainConfig, {"epochs": np.float64(3)}, "train.epochs", "integer"),
+    (ModelConfig, {"n_filters_scale": float("nan")}, "model.n_filters_scale", "finite"),
+    (InferConfig, {"batch_size": 0}, "infer.batch_size", ">= 1"),
+    (EvaluateConfig, {"coverage_fraction": float("inf")}, "evaluate.coverage_fraction", "finite"),
+    (CheckConfig, {"max_r_factor": float("inf")}, "check.max_r_factor", "finite"),
+    (BaselineConfig, {"rpie_alpha": float("nan")}, "baseline.rpie_alpha", "finite"),
+    (BaselineConfig, {"algorithm": "dm"}, "baseline.algorithm", "'epie', 'rpie'"),
+]
+
+
+@pytest.mark.parametrize("cls, mapping, key, needle", NON_FINITE_AND_OTHER_BAD_VALUES)
+def test_direct_construction_is_checked_like_params_yaml(cls, mapping, key, needle):
+    messages = []
+    for build in (lambda: cls(**mapping), lambda: config.section_from_mapping(cls, cls.SECTION, mapping),
+                  lambda: dataclasses.replace(cls(), **mapping)):
+        with pytest.raises(ConfigError) as error:
+            build()
+        messages.append(str(error.value))
+    assert len(set(messages)) == 1, messages  # one validation path, one message
+    assert key in messages[0] and needle in messages[0]
+
+
+@pytest.mark.parametrize("key", ["nphotons", "step_px", "feature_px"])
+def test_yaml_infinity_is_refused(tmp_path, key):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"prepare:\n  {key}: .inf\n")
+    with pytest.raises(ConfigError, match=f"prepare.{key}: must be a finite number"):
+        config.load_section(path, "prepare")
+
+
+def test_direct_construction_converts_like_params_yaml():
+    train = TrainConfig(loss="mae", learning_rate=1)
+    assert train.loss is LossKind.MAE and isinstance(train.learning_rate, float)
+    assert TrainConfig(loss="poisson").loss is LossKind.POISSON  # was a str, so `is POISSON` was False
+    prepare = PrepareConfig(nphotons="1e5", seed=np.int64(3), scan_kind="spiral")
+    assert prepare.nphotons == 1e5 and type(prepare.seed) is int and prepare.scan_kind is config.ScanKind.SPIRAL
+    assert dataclasses.replace(prepare, scan_kind="random").scan_kind is config.ScanKind.RANDOM
 
 
 def test_unknown_key_lists_the_allowed_keys():

@@ -13,7 +13,7 @@ import pytest
 from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
 from ptycho.errors import DataError
 
-M, N, H, W = 6, 8, 32, 40  # windows need N/2 <= x <= W - N/2 = 36 and N/2 <= y <= H - N/2 = 28
+M, N, H, W = 6, 16, 40, 48  # windows need N/2 <= x <= W - N/2 = 40 and N/2 <= y <= H - N/2 = 32
 
 
 def make_dataset(with_object: bool = True, metadata: dict | None = None) -> PtychoDataset:
@@ -21,8 +21,8 @@ def make_dataset(with_object: bool = True, metadata: dict | None = None) -> Ptyc
     obj = (rng.random((H, W)) * np.exp(1j * rng.random((H, W)))).astype(np.complex64)
     return PtychoDataset(
         amplitudes=rng.random((M, N, N)).astype(np.float32),
-        xcoords=np.array([4.0, 10.5, 16.0, 22.0, 30.0, 36.0]),
-        ycoords=np.array([4.0, 8.0, 12.25, 16.0, 20.0, 28.0]),
+        xcoords=np.array([8.0, 14.5, 20.0, 26.0, 34.0, 40.0]),
+        ycoords=np.array([8.0, 12.0, 16.25, 20.0, 24.0, 32.0]),
         probe=(rng.random((N, N)) + 1j * rng.random((N, N))).astype(np.complex64),
         object=obj if with_object else None,
         scan_index=np.arange(10, 10 + M, dtype=np.int64),
@@ -388,3 +388,117 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
         save_dataset(other, path)
     assert os.listdir(tmp_path) == ["scan.npz"]
     assert path.read_bytes() == before
+
+
+# --- untrusted input: sizes and bombs ------------------------------------------------------------
+
+
+def _npy_header(shape: str, descr: str = "<f4") -> bytes:
+    import struct
+
+    body = ("{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }").encode()
+    body += b" " * ((64 - (10 + len(body) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body
+
+
+def _with_member(tmp_path: Path, name: str, data: bytes) -> Path:
+    import zipfile
+
+    path = write_npz(tmp_path / "scan.npz", canonical_arrays())
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    members[name] = data
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n, d in members.items():
+            archive.writestr(n, d)
+    return path
+
+
+@pytest.mark.parametrize("shape", ["(1000000000, 16, 16)", "(6, 16, 10000000000000)", "(-6, 16, 16)"])
+def test_npy_header_claiming_a_huge_shape_is_refused_before_allocation(tmp_path, shape):
+    data = make_dataset().amplitudes.tobytes()
+    path = _with_member(tmp_path, "diffraction.npy", _npy_header(shape) + data)
+    with pytest.raises(DataError, match="key 'diffraction'") as info:
+        load_dataset(path)
+    assert "bytes of data" in str(info.value) or "negative extent" in str(info.value)
+
+
+def test_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path):
+    from fuzzing import raw_zip, zero_bomb
+
+    header = _npy_header("(268435456,)")  # 1 GiB of float32 zeros, about 1 MB deflated
+    bomb, crc = zero_bomb(1024, header)
+    members = {f"{k}.npy": _npy_bytes(v) for k, v in canonical_arrays().items() if k != "diffraction"}
+    entry = {"name": b"diffraction.npy", "data": bomb, "method": 8, "crc": crc, "size": len(header) + (1 << 30)}
+    path = tmp_path / "bomb.npz"
+    path.write_bytes(raw_zip([*_entries(members), entry]))
+    with pytest.raises(DataError, match="key 'diffraction': inflates from .* more than 500-fold"):
+        load_dataset(path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array)
+    return buffer.getvalue()
+
+
+def _entries(members: dict[str, bytes]) -> list[dict]:
+    return [{"name": name.encode(), "data": data} for name, data in members.items()]  # stored
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a":' * 40 + "1" + "}" * 40,
+                                  '{"nphotons": ' + "9" * 5000 + "}", '{"nphotons": NaN}', '{"nphotons": 1e999}'])
+def test_hostile_metadata_json_is_a_data_error(tmp_path, text):
+    arrays = canonical_arrays()
+    arrays["metadata"] = np.array(text)
+    with pytest.raises(DataError, match="key 'metadata'"):
+        load_dataset(write_npz(tmp_path / "scan.npz", arrays))
+
+
+def test_members_outside_the_contract_are_checked_but_not_read(tmp_path):
+    from fuzzing import raw_zip
+
+    members = {f"{k}.npy": _npy_bytes(v) for k, v in canonical_arrays().items()}
+    extra = _npy_bytes(np.ones((4, 16, 16), np.float32))
+    path = tmp_path / "scan.npz"
+    # Its data fail the CRC check, which only a read would notice: the file loads.
+    path.write_bytes(raw_zip([*_entries(members), {"name": b"patches.npy", "data": extra, "crc": 12345}]))
+    assert load_dataset(path).n_patterns == M
+    # Its header is still checked.
+    path.write_bytes(raw_zip([*_entries(members), {"name": b"huge.npy", "data": _npy_header("(1000000000, 16, 16)")}]))
+    with pytest.raises(DataError, match="key 'huge'"):
+        load_dataset(path)
+
+
+# --- degenerate data ------------------------------------------------------------------------------
+
+
+def _scan_index(values):
+    return {"scan_index": np.array(values, dtype=np.int64)}
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "words"),
+    [
+        ({"amplitudes": np.zeros((M, N, N), np.float32)}, "diffraction", "all 6 patterns are zero"),
+        ({"probe": np.zeros((N, N), np.complex64)}, "probeGuess", "zero everywhere"),
+        ({"amplitudes": np.ones((M, 8, 8), np.float32), "probe": np.ones((8, 8), np.complex64), "object": None},
+         "diffraction", "below the minimum of 16"),
+        ({"amplitudes": np.ones((1, N, N), np.float32), "xcoords": np.array([20.0]), "ycoords": np.array([20.0]),
+          "scan_index": np.array([0])}, "diffraction", "at least 2"),
+        (_scan_index([0, 1, 2, 3, 4, -5]), "scan_index", "negative scan index -5 at position 5"),
+        (_scan_index([0, 1, 2, 3, 3, 5]), "scan_index", "occur more than once, e.g. 3"),
+        ({"probe": np.full((N, N), np.nan, np.complex64)}, "probeGuess", "non-finite"),
+    ],
+    ids=["zero-patterns", "zero-probe", "n-8", "one-pattern", "negative-index", "repeated-index", "nan-probe"],
+)
+def test_degenerate_data_are_refused_at_validation(tmp_path, change, key, words):
+    dataset = replace(make_dataset(), **change)
+    with pytest.raises(DataError) as info:
+        validate(dataset, "in-memory")
+    assert str(info.value).startswith(f"in-memory: key '{key}': ") and words in str(info.value)
+    with pytest.raises(DataError, match=f"key '{key}'"):  # and nothing is written
+        save_dataset(dataset, tmp_path / "scan.npz")
+    assert not (tmp_path / "scan.npz").exists()

@@ -84,11 +84,13 @@ def test_a_bright_object_pixel_lands_where_ptychodus_puts_it(tmp_path):
     """A position that ptychodus centres on (half a pixel before) a bright pixel puts it on our window centre."""
     obj = np.full((48, 56), 0.1, dtype=np.complex64)
     obj[20, 30] = 1.0
-    x_m, y_m = metres([29.5], [19.5], obj.shape)  # ptychodus window lower corner = 29.5 - 7.5 = 22: integer
+    # ptychodus window lower corner = 29.5 - 7.5 = 22: integer (a second position: a scan needs two)
+    x_m, y_m = metres([29.5, 20.0], [19.5, 24.0], obj.shape)
     write_pair(tmp_path / "scan", obj, x_m, y_m)
     data, _ = load_scan(tmp_path / "scan", config(tmp_path / "scan"))
-    assert (data.xcoords[0], data.ycoords[0]) == pytest.approx((30.0, 20.0))
-    ours = physics.extract_patches(torch.from_numpy(obj), torch.tensor(data.xcoords), torch.tensor(data.ycoords), SIZE)[0].numpy()
+    first = int(np.argmin(np.hypot(data.xcoords - 30, data.ycoords - 20)))  # the other one is 9 px away
+    assert (data.xcoords[first], data.ycoords[first]) == pytest.approx((30.0, 20.0))
+    ours = physics.extract_patches(torch.from_numpy(obj), torch.tensor(data.xcoords), torch.tensor(data.ycoords), SIZE)[first].numpy()
     theirs = ptychodus_window(obj, 29.5, 19.5, SIZE)
     assert np.unravel_index(np.argmax(np.abs(ours)), ours.shape) == (SIZE // 2, SIZE // 2)
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
@@ -135,14 +137,14 @@ def test_older_energy_key_bad_pixels_and_the_product_npz(tmp_path):
 
 def test_a_constant_object_is_an_initial_guess_and_is_dropped(tmp_path):
     obj = np.ones((48, 56), dtype=np.complex64)
-    write_pair(tmp_path / "s", obj, *metres([20.0], [20.0], obj.shape))
+    write_pair(tmp_path / "s", obj, *metres([20.0, 30.0], [20.0, 25.0], obj.shape))
     data, _ = load_scan(tmp_path / "s", config(tmp_path / "s"))
     assert data.object is None and "initial guess" in data.metadata["reference_object"]
 
 
 def test_a_product_pixel_inconsistent_with_the_geometry_is_reported(tmp_path):
     obj = asymmetric_object(48, 56)
-    write_pair(tmp_path / "s", obj, *metres([20.0], [20.0], obj.shape))
+    write_pair(tmp_path / "s", obj, *metres([20.0, 30.0], [20.0, 25.0], obj.shape))
     with h5py.File(tmp_path / "s" / "product.h5", "a") as h5:
         h5.attrs["detector_object_distance_m"] = 3.0  # twice the distance: half the pixel
     with pytest.warns(InputWarning, match="object pixel .* differs from wavelength z / \\(N p\\)"):
@@ -151,7 +153,7 @@ def test_a_product_pixel_inconsistent_with_the_geometry_is_reported(tmp_path):
 
 def test_missing_diffraction_file_is_named(tmp_path):
     obj = asymmetric_object(48, 56)
-    write_pair(tmp_path / "s", obj, *metres([20.0], [20.0], obj.shape))
+    write_pair(tmp_path / "s", obj, *metres([20.0, 30.0], [20.0, 25.0], obj.shape))
     (tmp_path / "s" / "diffraction.h5").unlink()
     with pytest.raises(DataError, match="diffraction.h5: file not found"):
         load_scan(tmp_path / "s", config(tmp_path / "s"))

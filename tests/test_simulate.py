@@ -112,3 +112,31 @@ def test_default_probe_keeps_its_intensity_inside_the_predicted_window():
     quarter = config.N // 4
     inside = intensity[quarter : 3 * quarter, quarter : 3 * quarter].sum()
     assert inside / intensity.sum() > 0.99
+
+
+def test_scan_kind_given_as_a_string_is_that_scan_not_a_fallback():
+    rng = lambda: np.random.default_rng(0)  # noqa: E731 - the same draws for each call
+    for kind in ScanKind:
+        by_name = simulate.make_scan(kind.value, 80, 32, 6.0, 0.5, rng())
+        by_member = simulate.make_scan(kind, 80, 32, 6.0, 0.5, rng())
+        np.testing.assert_array_equal(by_name[0], by_member[0])
+    grid_x, _ = simulate.make_scan("grid", 80, 32, 6.0, 0.0, rng())
+    spiral_x, _ = simulate.make_scan("spiral", 80, 32, 6.0, 0.0, rng())
+    assert grid_x.shape != spiral_x.shape or not np.array_equal(grid_x, spiral_x)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: simulate.make_scan("fermat", 80, 32, 6.0, 0.5, np.random.default_rng(0)),
+        lambda: simulate.make_probe("airy", 32, 8.0),
+        lambda: simulate.make_object("noise", 64, (0.5, 1.0), 1.0, 4.0, np.random.default_rng(0)),
+        lambda: simulate.make_scan(None, 80, 32, 6.0, 0.5, np.random.default_rng(0)),
+    ],
+    ids=["scan", "probe", "object", "none"],
+)
+def test_unknown_kind_is_an_error_not_a_fallback(call):
+    from ptycho.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allowed values are"):
+        call()

@@ -3,10 +3,12 @@
 import dataclasses
 
 import numpy as np
+import pytest
+import torch
 from torch import nn
 
 from conftest import SMALL_MODEL, SMALL_PREPARE, SMALL_TRAIN
-from ptycho import training, workflows
+from ptycho import physics, training, workflows
 from ptycho.bundle import load_bundle
 from ptycho.grouping import grouped_tensors, make_groups
 from ptycho.model import Architecture, build_models, intensity_scale_of
@@ -56,8 +58,23 @@ def test_two_identical_cpu_runs_give_byte_identical_bundles(tmp_path, trained_ru
 
 
 def test_best_validation_weights_are_kept(tmp_path):
-    result = fit_small(1, 3, tmp_path)
-    assert result.best_val_loss == min(row["val_loss"] for row in result.history)
+    # With this learning rate the validation loss is lowest at epoch 3 of 4, so the weights of
+    # the last epoch and of the best one differ; the model fit returns must be the best one.
+    train, _ = simulate_train_test(SMALL_PREPARE)
+    groups = make_groups(train.xcoords, train.ycoords, 1, 7, np.random.default_rng(0))
+    amplitudes, offsets = grouped_tensors(train.amplitudes, groups)
+    autoencoder, _ = build_models(Architecture(32, 1, 0.25), train.probe, intensity_scale_of(train.amplitudes))
+    config = dataclasses.replace(SMALL_TRAIN, epochs=4, learning_rate=0.02)
+    result = training.fit(autoencoder, amplitudes, offsets, config, tmp_path / "checkpoints")
+    val_losses = [row["val_loss"] for row in result.history]
+    best = int(np.argmin(val_losses))
+    assert best < len(val_losses) - 1, f"setup: the last epoch is the best one {val_losses}; pick other settings"
+    _, val = training.split_train_val(amplitudes.shape[0], config.val_fraction, config.seed)
+    with torch.no_grad():
+        returned = float(physics.poisson_nll(autoencoder(amplitudes[val], offsets[val])[1], amplitudes[val]))
+    assert returned == pytest.approx(val_losses[best], rel=1e-5)
+    assert returned != pytest.approx(val_losses[-1], rel=1e-5)
+    assert result.best_val_loss == pytest.approx(val_losses[best])
 
 
 def test_split_train_val_is_seeded_and_disjoint():

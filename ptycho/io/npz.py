@@ -120,6 +120,12 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         mask = ~arrays["bad_pixels"].astype(bool)
         metadata["mask_origin"] = "bad_pixels (True = bad), inverted"
 
+    scan_index = cast(arrays["scan_index"], source, "scan_index", np.int64) if "scan_index" in arrays else None
+    if scan_index is not None and len(np.unique(scan_index)) < len(scan_index):
+        # PtychoPINN (and ptychodus's export for it) use scan_index as the number of the scan a
+        # pattern belongs to, not as a unique position index: keep it as metadata only.
+        metadata["scan_numbers"] = sorted(int(value) for value in np.unique(scan_index))
+        scan_index = None
     quantity = metadata.get("diffraction_quantity")
     return RawScan(
         source=source,
@@ -133,7 +139,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         probe=probe_modes(arrays["probeGuess"], source, "probeGuess") if "probeGuess" in arrays else None,
         object=cast(arrays["objectGuess"], source, "objectGuess", np.complex64) if "objectGuess" in arrays else None,
         mask=mask,
-        scan_index=cast(arrays["scan_index"], source, "scan_index", np.int64) if "scan_index" in arrays else None,
+        scan_index=scan_index,
         metadata={**metadata, "source_format": "npz", "pattern_order": order},
         findings=tuple(findings),
     )
