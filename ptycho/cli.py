@@ -61,6 +61,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate_config = config.load_section(args.params, "evaluate")
     reconstructions = {"pinn": args.reconstruction}
     stats = {"pinn": args.infer_stats} if args.infer_stats else {}
+    if args.refined:
+        reconstructions["refined"] = args.refined
+        if args.refined_stats:
+            stats["refined"] = args.refined_stats
     if args.baseline:
         reconstructions["baseline"] = args.baseline
         if args.baseline_stats:
@@ -75,6 +79,15 @@ def _baseline(args: argparse.Namespace) -> None:
     baseline_config = config.load_section(args.params, "baseline")
     errors = workflows.baseline(load_dataset(args.test_data), baseline_config, args.reconstruction, args.history, args.stats, args.figure, args.product)
     print(f"baseline: wrote {args.reconstruction}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} iterations")
+
+
+def _refine(args: argparse.Namespace) -> None:
+    refine_config = config.load_section(args.params, "refine")
+    errors = workflows.refine(
+        load_dataset(args.test_data), args.reconstruction, args.infer_stats, refine_config,
+        args.refined, args.history, args.stats, args.figure,
+    )
+    print(f"refine: wrote {args.refined}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} sweeps")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -125,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ (ground truth, measured data)")
     evaluate.add_argument("--reconstruction", default="results/reconstruction.npz", help="reconstruction to score")
     evaluate.add_argument("--infer-stats", default="", help="timings of the network inference (JSON), merged into its metrics")
+    evaluate.add_argument("--refined", default="", help="network + refinement reconstruction to score beside the network's (optional)")
+    evaluate.add_argument("--refined-stats", default="", help="timings of network + refinement (JSON)")
     evaluate.add_argument("--baseline", default="", help="iterative reconstruction to score beside the network's (optional)")
     evaluate.add_argument("--baseline-stats", default="", help="timings of the iterative run (JSON)")
     evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write")
@@ -141,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--figure", default="results/baseline.png", help="amplitude/phase PNG to write")
     baseline.add_argument("--product", default="", help="also write the reconstruction as a ptychodus product.h5 (optional)")
     baseline.set_defaults(run=_baseline)
+
+    refine = commands.add_parser("refine", help="a few iterative sweeps started from the network's reconstruction")
+    refine.add_argument("--params", default="params.yaml", help="parameter file (section refine)")
+    refine.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
+    refine.add_argument("--reconstruction", default="results/reconstruction.npz", help="the network's reconstruction to start from")
+    refine.add_argument("--infer-stats", default="results/infer_stats.json", help="the network's timing (JSON), added to the refinement's")
+    refine.add_argument("--refined", default="results/refined.npz", help="refined reconstruction to write")
+    refine.add_argument("--history", default="results/refine_history.csv", help="error metric per sweep (CSV)")
+    refine.add_argument("--stats", default="results/refine_stats.json", help="timing, network included (JSON)")
+    refine.add_argument("--figure", default="results/refined.png", help="amplitude/phase PNG to write")
+    refine.set_defaults(run=_refine)
 
     check = commands.add_parser("check", help="verify the pipeline's artifacts and metric thresholds (for CI)")
     check.add_argument("--params", default="params.yaml", help="parameter file (section check)")

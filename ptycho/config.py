@@ -330,12 +330,22 @@ class BaselineConfig(Section):
     seed: int = 1
 
     def check(self) -> None:
-        _require(self.iterations >= 1, "baseline.iterations", f"must be >= 1, got {self.iterations}")
-        _require(self.batch_size >= 1, "baseline.batch_size", f"must be >= 1, got {self.batch_size}")
+        where = self.SECTION
+        _require(self.iterations >= 1, f"{where}.iterations", f"must be >= 1, got {self.iterations}")
+        _require(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
         for key in ("object_step", "probe_step"):
             value = getattr(self, key)
-            _require(value > 0, f"baseline.{key}", f"must be a finite number > 0, got {value!r}")
-        _require(0.0 < self.rpie_alpha <= 1.0, "baseline.rpie_alpha", f"must be in (0, 1], got {self.rpie_alpha!r}")
+            _require(value > 0, f"{where}.{key}", f"must be a finite number > 0, got {value!r}")
+        _require(0.0 < self.rpie_alpha <= 1.0, f"{where}.rpie_alpha", f"must be in (0, 1], got {self.rpie_alpha!r}")
+
+
+@dataclass(frozen=True)
+class RefineConfig(BaselineConfig):
+    """`refine:` section: the iterative engine of ``baseline`` run for a few sweeps from the
+    network's reconstruction (object and calibrated probe) instead of a flat object."""
+
+    SECTION: ClassVar[str] = "refine"
+    iterations: int = 5
 
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -401,6 +411,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "check": CheckConfig,
     "baseline": BaselineConfig,
+    "refine": RefineConfig,
 }
 
 
