@@ -92,12 +92,17 @@ class DiffractionToObject(nn.Module):
     agree where they overlap.
     """
 
-    def __init__(self, architecture: Architecture, intensity_scale: float = 1.0, probe: torch.Tensor | None = None):
+    def __init__(
+        self, architecture: Architecture, intensity_scale: float = 1.0, probe: torch.Tensor | None = None,
+        probe_scale: float = 1.0,
+    ):
         super().__init__()
         self.architecture = architecture
         size, window = architecture.N, architecture.window_px
         self.backbone = build_backbone(
-            architecture.network, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2
+            architecture.network, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2,
+            probe=probe if probe is not None else torch.ones(size, size, dtype=torch.complex64),
+            intensity_scale=intensity_scale, probe_scale=probe_scale,
         )
         self.register_buffer("intensity_scale", torch.tensor(float(intensity_scale), dtype=torch.float32))
         self.register_buffer("support", window_mask(size, window))
@@ -160,7 +165,7 @@ def build_models(
 ) -> tuple[Autoencoder, DiffractionToObject]:
     """Both models, sharing weights: (autoencoder, diffraction_to_obj)."""
     probe = torch.as_tensor(probe)
-    diffraction_to_obj = DiffractionToObject(architecture, intensity_scale, probe)
+    diffraction_to_obj = DiffractionToObject(architecture, intensity_scale, probe, probe_scale)
     autoencoder = Autoencoder(diffraction_to_obj, probe, probe_scale)
     return autoencoder, diffraction_to_obj
 
