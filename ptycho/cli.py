@@ -109,11 +109,11 @@ def _scenarios(args: argparse.Namespace) -> None:
     from ptycho import scenarios
 
     prepare, evaluate = scenarios.sized(args.size, config.load_section(args.params, "prepare"), config.load_section(args.params, "evaluate"))
-    train = config.load_section(args.params, "train")
+    train = dataclasses.replace(config.load_section(args.params, "train"), num_threads=args.threads)
     refine = config.load_section(args.params, "refine")
     settings = scenarios.Settings(
         prepare=prepare, model=config.load_section(args.params, "model"),
-        train=train if args.epochs is None else dataclasses.replace(train, epochs=args.epochs),
+        train=dataclasses.replace(train, epochs=max(1, train.epochs // 2) if args.epochs is None else args.epochs),
         infer=config.load_section(args.params, "infer"),
         refine=refine if args.refine_sweeps is None else dataclasses.replace(refine, iterations=args.refine_sweeps),
         baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
@@ -126,7 +126,7 @@ def _scenarios(args: argparse.Namespace) -> None:
               f"{record['pinn']['amplitude.ssim']:.3f}/{record['pinn']['phase.ssim']:.3f}, + refinement {record['refined']['amplitude.ssim']:.3f}/"
               f"{record['refined']['phase.ssim']:.3f}, rPIE {record['baseline']['amplitude.ssim']:.3f}/{record['baseline']['phase.ssim']:.3f}", flush=True)
 
-    records = scenarios.run_grid(grid, settings, args.workdir, threads=args.threads, on_result=done)
+    records = scenarios.run_grid(grid, settings, args.workdir, on_result=done)
     report = {
         "command": "ptycho " + shlex.join(args.argv),
         "started": started.isoformat(timespec="seconds"),
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--params", default="params.yaml", help="parameter file (all sections; prepare's simulation settings are sized by --size)")
     grid.add_argument("--size", choices=["small", "default"], default="small",
                       help="small: the params.yaml simulation with every length halved (N = 32, 8 px probe by default); default: as it is")
-    grid.add_argument("--epochs", type=_positive, default=None, help="training epochs (default: train.epochs; early stopping applies)")
+    grid.add_argument("--epochs", type=_positive, default=None, help="training epochs per scenario (default: half of train.epochs, so that the 9 trainings fit in about "
+                      "half an hour on 2 CPU cores; early stopping applies)")
     grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
     grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")
     grid.add_argument("--overlaps", type=_numbers, default=[0.25, 0.5, 1.0], help="scan steps as fractions of the probe diameter")
