@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ptycho import __version__, config, workflows
+from ptycho import __version__, config, scenarios, workflows
 from ptycho.data import load_dataset
 from ptycho.errors import ConfigError, InputWarning, PtychoError
 
@@ -106,8 +106,6 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _scenarios(args: argparse.Namespace) -> None:
-    from ptycho import scenarios
-
     prepare, evaluate = scenarios.sized(args.size, config.load_section(args.params, "prepare"), config.load_section(args.params, "evaluate"))
     train = dataclasses.replace(config.load_section(args.params, "train"), num_threads=args.threads)
     refine = config.load_section(args.params, "refine")
@@ -119,7 +117,7 @@ def _scenarios(args: argparse.Namespace) -> None:
         baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
     )
     grid = scenarios.grid(tuple(args.overlaps), tuple(args.doses))
-    started = datetime.datetime.now().astimezone()
+    started, load_before = datetime.datetime.now().astimezone(), os.getloadavg()
 
     def done(record: dict) -> None:
         print(f"benchmark: {record['scenario']} done in {record['wall_time_s']:.0f} s (load {record['load_average_1min']}): SSIM network "
@@ -131,7 +129,9 @@ def _scenarios(args: argparse.Namespace) -> None:
         "command": "ptycho " + shlex.join(args.argv),
         "started": started.isoformat(timespec="seconds"),
         "wall_time_s": round((datetime.datetime.now().astimezone() - started).total_seconds(), 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": args.threads},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": args.threads,
+                    **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                    "load_average_start": [round(x, 2) for x in load_before], "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "size": args.size, "settings": scenarios.settings_record(settings), "scenarios": records,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -258,9 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "half an hour on 2 CPU cores; early stopping applies)")
     grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
     grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")
-    grid.add_argument("--overlaps", type=_numbers, default=[0.25, 0.5, 1.0], help="scan steps as fractions of the probe diameter")
-    grid.add_argument("--doses", type=_numbers, default=[1e6, 1e4, 1e3], help="mean photons per pattern")
-    grid.add_argument("--threads", type=_positive, default=1, help="torch CPU threads for every method, training included (replaces train.num_threads)")
+    grid.add_argument("--overlaps", type=_numbers, default=list(scenarios.OVERLAPS), help="scan steps as fractions of the probe diameter")
+    grid.add_argument("--doses", type=_numbers, default=list(scenarios.DOSES), help="mean photons per pattern")
+    grid.add_argument("--threads", type=_positive, default=1, help="torch CPU threads for every method, training included (replaces train.num_threads); "
+                      "numpy/scipy's BLAS threads (infer's phase synchronisation) follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS")
     grid.add_argument("--workdir", default="results/scenarios", help="one folder per scenario (data, bundle, reconstructions, figures)")
     grid.add_argument("--output", default="results/scenarios.json", help="results (JSON)")
     grid.set_defaults(run=_scenarios)
