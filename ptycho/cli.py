@@ -135,7 +135,7 @@ def _scenarios(args: argparse.Namespace) -> None:
         "size": args.size, "settings": scenarios.settings_record(settings), "scenarios": records,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    Path(args.output).write_text(scenarios.to_json(report))
     print(scenarios.markdown_tables(records))
     print(f"benchmark: wrote {args.output}")
 

@@ -25,6 +25,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -196,6 +197,12 @@ def settings_record(settings: Settings) -> dict:
     """The settings as JSON-ready sections (enums as their values)."""
     return json.loads(json.dumps({field.name: (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
                                   for field in dataclasses.fields(settings) for value in [getattr(settings, field.name)]}, default=str))
+
+
+def to_json(report: dict) -> str:
+    """The report as indented JSON with every innermost list (a curve's row) on one line."""
+    text = json.dumps(report, indent=1)
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda match: "[" + re.sub(r"\s+", " ", match.group(1)) + "]", text) + "\n"
 
 
 def _pair(record: dict, method: str, bold: tuple[bool, bool] = (False, False)) -> str:
