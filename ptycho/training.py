@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -394,7 +395,9 @@ def fit(
             history, stopping, ShuffleState(generator), identity,
             EpochFromOneRichBar() if _RICH_AVAILABLE else EpochFromOneTQDMBar(), *callbacks, LastCheckpoint(last),
         ])
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+        # Load the checkpoint without unpickling objects, where this Lightning version lets us say so
+        safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, **safe)
     if history.best_state is None:
         raise TrainingError("train: no epoch gave a validation loss; nothing was written")
     autoencoder.load_state_dict(history.best_state)
@@ -458,11 +461,12 @@ def remove_stale_temp_files(*paths: str | Path) -> None:
                     temp.unlink(missing_ok=True)
 
 
-_NOISE = re.compile(r"💡 Tip:|GPU available:|TPU available:|HPU available:")
+_NOISE = re.compile(r"💡 Tip:|GPU available:|TPU available:|HPU available:|Loading `train_dataloader` to estimate number of stepping batches")
 
 
 class _DropNoise(logging.Filter):
-    """Lightning's advertisement and device-availability lines, printed at every training."""
+    """Lightning's advertisement, device-availability lines and the note that it counts the batches
+    (for the cosine and onecycle schedules), printed at every training."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not _NOISE.match(record.getMessage())
