@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ptycho import __version__, config, scenarios, workflows
 from ptycho.data import load_dataset
-from ptycho.errors import ConfigError, InputWarning, PtychoError
+from ptycho.errors import ConfigError, InputWarning, PtychoError, TrainingWarning
 
 
 def _check_inputs_inside(prepare_config: config.PrepareConfig, inputs: str) -> None:
@@ -49,11 +49,25 @@ def _prepare(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     model_config = config.load_section(args.params, "model")
     train_config = config.load_section(args.params, "train")
-    summary = workflows.train(
-        load_dataset(args.train_data), model_config, train_config,
-        args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
-    )
-    print(f"train: wrote {args.bundle}; " + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrainingWarning)
+        summary = workflows.train(
+            load_dataset(args.train_data), model_config, train_config,
+            args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
+        )
+    _report(caught, "train")
+    stopped = {"epochs": "all epochs ran", "early_stopping": "early stopping", "wall_time": "wall-time budget train.max_wall_s"}
+    print(f"train: wrote {args.bundle}; stopped by {stopped.get(summary.stop_reason, summary.stop_reason)}; "
+          + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
+
+
+def _report(caught: list, command: str) -> None:
+    """Our own warnings as one line each; anyone else's as Python prints them."""
+    for warning in caught:
+        if issubclass(warning.category, (TrainingWarning, InputWarning)):
+            print(f"ptycho {command}: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _infer(args: argparse.Namespace) -> None:
@@ -74,7 +88,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         reconstructions["baseline"] = args.baseline
         if args.baseline_stats:
             stats["baseline"] = args.baseline_stats
-    report = workflows.evaluate(load_dataset(args.test_data), reconstructions, stats, evaluate_config, args.metrics, args.frc, args.figure)
+    report = workflows.evaluate(
+        load_dataset(args.test_data), reconstructions, stats, evaluate_config, args.metrics, args.frc, args.figure,
+        scores_dir=args.scores or None,
+    )
     shown = ("amplitude.ssim", "phase.ssim", "amplitude.pearson", "frc.resolution_px_0.5", "data.r_factor", "wall_time_s")
     for method, values in report.items():
         print(f"evaluate: {method}: " + ", ".join(f"{key}={values[key]:.4g}" for key in shown if key in values))
@@ -192,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--history", default="models/history.csv", help="per-epoch losses (CSV)")
     train.add_argument("--metrics", default="models/train_metrics.json", help="final losses (JSON)")
     train.add_argument("--checkpoints", default="models/checkpoints", help="Lightning checkpoints (for --resume)")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue a killed run (or one that ran out of train.max_wall_s) from CHECKPOINTS/last.ckpt, written after "
+             "every epoch; for a finished run, rewrite the bundle from its best weights without training",
+    )
     train.set_defaults(run=_train)
 
     infer = commands.add_parser("infer", help="reconstruct the test scan with the bundle; write reconstruction.npz")
@@ -214,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refined-stats", default="", help="timings of network + refinement (JSON)")
     evaluate.add_argument("--baseline", default="", help="iterative reconstruction to score beside the network's (optional)")
     evaluate.add_argument("--baseline-stats", default="", help="timings of the iterative run (JSON)")
-    evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write")
+    evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write (all methods, with the alignment)")
+    evaluate.add_argument("--scores", default="", help="folder for one <method>.json of scores per method (the pipeline's DVC metrics; optional)")
     evaluate.add_argument("--frc", default="results/frc.csv", help="FRC curve to write")
     evaluate.add_argument("--figure", default="results/comparison.png", help="truth/reconstruction/difference PNG")
     evaluate.set_defaults(run=_evaluate)
