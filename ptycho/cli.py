@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ptycho import __version__, config, scenarios, workflows
+from ptycho import __version__, config, workflows
 from ptycho.data import load_dataset
 from ptycho.errors import ConfigError, InputWarning, PtychoError, TrainingWarning
 
@@ -123,6 +123,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _scenarios(args: argparse.Namespace) -> None:
+    from ptycho import scenarios  # here: the stages that import the command line never load the benchmark
+
     prepare, evaluate = scenarios.sized(args.size, config.load_section(args.params, "prepare"), config.load_section(args.params, "evaluate"))
     train = dataclasses.replace(config.load_section(args.params, "train"), num_threads=args.threads)
     refine = config.load_section(args.params, "refine")
@@ -133,7 +135,7 @@ def _scenarios(args: argparse.Namespace) -> None:
         refine=refine if args.refine_sweeps is None else dataclasses.replace(refine, iterations=args.refine_sweeps),
         baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
     )
-    grid = scenarios.grid(tuple(args.overlaps), tuple(args.doses))
+    grid = scenarios.grid(tuple(args.overlaps or scenarios.OVERLAPS), tuple(args.doses or scenarios.DOSES))
     started, load_before = datetime.datetime.now().astimezone(), os.getloadavg()
 
     def done(record: dict) -> None:
@@ -280,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "half an hour on 2 CPU cores; early stopping applies)")
     grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
     grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")
-    grid.add_argument("--overlaps", type=_numbers, default=list(scenarios.OVERLAPS), help="scan steps as fractions of the probe diameter")
-    grid.add_argument("--doses", type=_numbers, default=list(scenarios.DOSES), help="mean photons per pattern")
+    grid.add_argument("--overlaps", type=_numbers, default=None, help="scan steps as fractions of the probe diameter (default: 0.25 0.5 1)")
+    grid.add_argument("--doses", type=_numbers, default=None, help="mean photons per pattern (default: 1e6 1e4 1e3)")
     grid.add_argument("--threads", type=_positive, default=1, help="torch CPU threads for every method, training included (replaces train.num_threads); "
                       "numpy/scipy's BLAS threads (infer's phase synchronisation) follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS")
     grid.add_argument("--workdir", default="results/scenarios", help="one folder per scenario (data, bundle, reconstructions, figures)")
