@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _infer(args: argparse.Namespace) -> None:
     infer_config = config.load_section(args.params, "infer")
-    reconstruction = workflows.infer(load_dataset(args.test_data), args.bundle, infer_config, args.reconstruction, args.figure, args.stats, args.product)
+    reconstruction = workflows.infer(load_dataset(args.test_data, by_rows=True), args.bundle, infer_config, args.reconstruction, args.figure, args.stats, args.product)
     print(f"infer: wrote {args.reconstruction} ({reconstruction.object.shape[0]} x {reconstruction.object.shape[1]} px, origin {reconstruction.origin})")
 
 
@@ -77,14 +77,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _baseline(args: argparse.Namespace) -> None:
     baseline_config = config.load_section(args.params, "baseline")
-    errors = workflows.baseline(load_dataset(args.test_data), baseline_config, args.reconstruction, args.history, args.stats, args.figure, args.product)
+    errors = workflows.baseline(load_dataset(args.test_data, by_rows=True), baseline_config, args.reconstruction, args.history, args.stats, args.figure, args.product)
     print(f"baseline: wrote {args.reconstruction}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} iterations")
 
 
 def _refine(args: argparse.Namespace) -> None:
     refine_config = config.load_section(args.params, "refine")
     errors = workflows.refine(
-        load_dataset(args.test_data), args.reconstruction, args.infer_stats, refine_config,
+        load_dataset(args.test_data, by_rows=True), args.reconstruction, args.infer_stats, refine_config,
         args.refined, args.history, args.stats, args.figure,
     )
     print(f"refine: wrote {args.refined}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} sweeps")
