@@ -96,7 +96,7 @@ class _PlacedValues:
 
 def reconstruct(
     bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle_path: str | Path, *,
-    max_patch_bytes: int = MAX_PATCH_BYTES, scratch_folder: str | os.PathLike[str] | None = None,
+    max_patch_bytes: int | None = None, scratch_folder: str | os.PathLike[str] | None = None,
 ) -> Reconstruction:
     """Predict object patches for every group of the scan and stitch them into one object.
 
@@ -107,7 +107,8 @@ def reconstruct(
       come with arbitrary phase offsets; with ``config.phase_sync`` "angular" they are found
       all at once by angular synchronisation (``ptycho.synchronisation``) before stitching.
     - For gridsize > 1 each position appears in several groups; all predictions are averaged.
-    - Memory (module docstring): placed patches beyond ``max_patch_bytes`` go to a scratch file
+    - Memory (module docstring): placed patches beyond ``max_patch_bytes`` (default
+      ``MAX_PATCH_BYTES``) go to a scratch file
       in ``scratch_folder`` (default: ``TMPDIR``), read back a window at a time. The result is
       the same, bit for bit.
     """
@@ -123,6 +124,7 @@ def reconstruct(
     stitcher = Stitcher(origin, shape, bundle.diffraction_to_obj.support * illumination / illumination.max())
     count = groups.n_groups * bundle.architecture.channels
     patch_bytes = math.prod(stitcher.box) * np.dtype(np.complex64).itemsize
+    max_patch_bytes = MAX_PATCH_BYTES if max_patch_bytes is None else max_patch_bytes
     values = _PlacedValues(count, stitcher.box, in_memory=count * patch_bytes <= max_patch_bytes, folder=scratch_folder)
     corners = np.empty((count, 2), dtype=np.int64)
     bundle.diffraction_to_obj.eval()

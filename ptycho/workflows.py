@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptycho import figures, metrics, physics, training
+from ptycho import figures, metrics, physics
 from ptycho.baseline import pixel_size_of, run_baseline
 from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import BaselineConfig, RefineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
@@ -113,6 +113,8 @@ def train(
     The one training code path: the `train` stage, `ptycho train` and the tests call it, and it
     always ends by writing ``bundle_path`` (wts.h5.zip).
     """
+    from ptycho import training  # here: importing Lightning costs the other stages 180 MB of memory and a second
+
     started = time.perf_counter()
     size = train_data.pattern_size
     window_px = physics.probe_window(train_data.probe, model_config.window_share)
