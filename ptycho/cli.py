@@ -48,6 +48,8 @@ def _train(args: argparse.Namespace) -> None:
         load_dataset(args.train_data), model_config, train_config,
         args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
     )
+    if not summary.metrics:  # another rank of a distributed (DDP) run: rank 0 writes the bundle and reports
+        return
     print(f"train: wrote {args.bundle}; " + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
 
 
