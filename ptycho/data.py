@@ -495,9 +495,11 @@ def _rows_in_place(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, 
             return _read_npy(archive, info, source, read_data=True)
         # The member's data start after its local header (30 bytes, name, extra field): read
         # from the file itself, since the local extra field may differ from the central one.
-        archive.fp.seek(info.header_offset)
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)
         # Local file header: signature, 5 x 2-byte fields, CRC, 2 sizes, name length, extra length.
-        signature, *_, name_length, extra_length = struct.unpack("<4s2B4HL2L2H", archive.fp.read(30))
+        signature, *_, name_length, extra_length = struct.unpack("<4s2B4HL2L2H", local)
         if signature != b"PK\x03\x04":
             raise _error(source, key, "the zip's local header of this member is missing or corrupt")
         start = info.header_offset + 30 + name_length + extra_length
