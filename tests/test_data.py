@@ -592,7 +592,7 @@ def test_a_corrupt_stored_pattern_is_refused_on_opening(tmp_path):
         load_dataset(path, by_rows=True)
 
 
-def test_checking_patterns_read_by_rows_holds_one_chunk_not_the_scan(tmp_path, monkeypatch):
+def test_checking_and_writing_patterns_read_by_rows_holds_one_chunk_not_the_scan(tmp_path, monkeypatch):
     import tracemalloc
 
     from ptycho import physics, rowfile
@@ -607,8 +607,10 @@ def test_checking_patterns_read_by_rows_holds_one_chunk_not_the_scan(tmp_path, m
     try:
         dataset = load_dataset(path, by_rows=True)  # validates every pattern
         totals = physics.pattern_totals(dataset.amplitudes)
+        save_dataset(dataset, tmp_path / "again.npz")  # validates and writes chunk by chunk
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB while checking 16 MiB of patterns"
+    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB while checking and writing 16 MiB of patterns"
     np.testing.assert_array_equal(totals, physics.pattern_totals(big.amplitudes))
+    assert (tmp_path / "again.npz").read_bytes() == path.read_bytes()
