@@ -513,6 +513,12 @@ def _upgrade_format1(states: dict[str, dict[str, np.ndarray]]) -> dict[str, dict
         "autoencoder": {renamed(k, "diffraction_to_obj."): v for k, v in states["autoencoder"].items()},
     }
     upgraded["autoencoder"]["log_probe_scale"] = np.zeros((), dtype=np.float32)
+    # Format 1 merged group patches with the binary window (its support buffer).
+    upgraded["diffraction_to_obj"]["merge_weights"] = states["diffraction_to_obj"].get("support")
+    upgraded["autoencoder"]["diffraction_to_obj.merge_weights"] = states["autoencoder"].get("diffraction_to_obj.support")
+    for name, state in upgraded.items():
+        if any(value is None for value in state.values()):
+            del state["merge_weights" if name == "diffraction_to_obj" else "diffraction_to_obj.merge_weights"]
     return upgraded
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import json
 import os
+import platform
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
-from ptycho import __version__, config, workflows
+from ptycho import __version__, config, scenarios, workflows
 from ptycho.data import load_dataset
-from ptycho.errors import ConfigError, InputWarning, PtychoError
+from ptycho.errors import ConfigError, InputWarning, PtychoError, TrainingWarning
 
 
 def _check_inputs_inside(prepare_config: config.PrepareConfig, inputs: str) -> None:
@@ -44,13 +49,27 @@ def _prepare(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     model_config = config.load_section(args.params, "model")
     train_config = config.load_section(args.params, "train")
-    summary = workflows.train(
-        load_dataset(args.train_data), model_config, train_config,
-        args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrainingWarning)
+        summary = workflows.train(
+            load_dataset(args.train_data), model_config, train_config,
+            args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
+        )
+    _report(caught, "train")
     if not summary.metrics:  # another rank of a distributed (DDP) run: rank 0 writes the bundle and reports
         return
-    print(f"train: wrote {args.bundle}; " + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
+    stopped = {"epochs": "all epochs ran", "early_stopping": "early stopping", "wall_time": "wall-time budget train.max_wall_s"}
+    print(f"train: wrote {args.bundle}; stopped by {stopped.get(summary.stop_reason, summary.stop_reason)}; "
+          + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
+
+
+def _report(caught: list, command: str) -> None:
+    """Our own warnings as one line each; anyone else's as Python prints them."""
+    for warning in caught:
+        if issubclass(warning.category, (TrainingWarning, InputWarning)):
+            print(f"ptycho {command}: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _infer(args: argparse.Namespace) -> None:
@@ -71,7 +90,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         reconstructions["baseline"] = args.baseline
         if args.baseline_stats:
             stats["baseline"] = args.baseline_stats
-    report = workflows.evaluate(load_dataset(args.test_data), reconstructions, stats, evaluate_config, args.metrics, args.frc, args.figure)
+    report = workflows.evaluate(
+        load_dataset(args.test_data), reconstructions, stats, evaluate_config, args.metrics, args.frc, args.figure,
+        scores_dir=args.scores or None,
+    )
     shown = ("amplitude.ssim", "phase.ssim", "amplitude.pearson", "frc.resolution_px_0.5", "data.r_factor", "wall_time_s")
     for method, values in report.items():
         print(f"evaluate: {method}: " + ", ".join(f"{key}={values[key]:.4g}" for key in shown if key in values))
@@ -102,6 +124,73 @@ def _check(args: argparse.Namespace) -> None:
     print("check: all artifact checks passed")
 
 
+def _scenarios(args: argparse.Namespace) -> None:
+    prepare, evaluate = scenarios.sized(args.size, config.load_section(args.params, "prepare"), config.load_section(args.params, "evaluate"))
+    train = dataclasses.replace(config.load_section(args.params, "train"), num_threads=args.threads)
+    refine = config.load_section(args.params, "refine")
+    settings = scenarios.Settings(
+        prepare=prepare, model=config.load_section(args.params, "model"),
+        train=dataclasses.replace(train, epochs=max(1, train.epochs // 2) if args.epochs is None else args.epochs),
+        infer=config.load_section(args.params, "infer"),
+        refine=refine if args.refine_sweeps is None else dataclasses.replace(refine, iterations=args.refine_sweeps),
+        baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
+    )
+    grid = scenarios.grid(tuple(args.overlaps), tuple(args.doses))
+    started, load_before = datetime.datetime.now().astimezone(), os.getloadavg()
+
+    def done(record: dict) -> None:
+        print(f"benchmark: {record['scenario']} done in {record['wall_time_s']:.0f} s (load {record['load_average_1min']}): SSIM network "
+              f"{record['pinn']['amplitude.ssim']:.3f}/{record['pinn']['phase.ssim']:.3f}, + refinement {record['refined']['amplitude.ssim']:.3f}/"
+              f"{record['refined']['phase.ssim']:.3f}, rPIE {record['baseline']['amplitude.ssim']:.3f}/{record['baseline']['phase.ssim']:.3f}", flush=True)
+
+    records = scenarios.run_grid(grid, settings, args.workdir, on_result=done)
+    report = {
+        "command": "ptycho " + shlex.join(args.argv),
+        "started": started.isoformat(timespec="seconds"),
+        "wall_time_s": round((datetime.datetime.now().astimezone() - started).total_seconds(), 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": args.threads,
+                    **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                    "load_average_start": [round(x, 2) for x in load_before], "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "size": args.size, "settings": scenarios.settings_record(settings), "scenarios": records,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(scenarios.to_json(report))
+    print(scenarios.markdown_tables(records))
+    print(f"benchmark: wrote {args.output}")
+
+
+def _timing(args: argparse.Namespace) -> None:
+    from ptycho import benchmark
+
+    report = benchmark.timing(
+        args.test_data, args.bundle, config.load_section(args.params, "infer"), config.load_section(args.params, "baseline"),
+        config.load_section(args.params, "evaluate"), repeats=args.repeats, max_iterations=args.max_iterations,
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _numbers(text: str) -> list[float]:
+    """A comma-separated list of positive numbers ("0.25,0.5,1")."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptycho", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ptycho {__version__}")
@@ -122,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--history", default="models/history.csv", help="per-epoch losses (CSV)")
     train.add_argument("--metrics", default="models/train_metrics.json", help="final losses (JSON)")
     train.add_argument("--checkpoints", default="models/checkpoints", help="Lightning checkpoints (for --resume)")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue a killed run (or one that ran out of train.max_wall_s) from CHECKPOINTS/last.ckpt, written after "
+             "every epoch; for a finished run, rewrite the bundle from its best weights without training",
+    )
     train.set_defaults(run=_train)
 
     infer = commands.add_parser("infer", help="reconstruct the test scan with the bundle; write reconstruction.npz")
@@ -144,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refined-stats", default="", help="timings of network + refinement (JSON)")
     evaluate.add_argument("--baseline", default="", help="iterative reconstruction to score beside the network's (optional)")
     evaluate.add_argument("--baseline-stats", default="", help="timings of the iterative run (JSON)")
-    evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write")
+    evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write (all methods, with the alignment)")
+    evaluate.add_argument("--scores", default="", help="folder for one <method>.json of scores per method (the pipeline's DVC metrics; optional)")
     evaluate.add_argument("--frc", default="results/frc.csv", help="FRC curve to write")
     evaluate.add_argument("--figure", default="results/comparison.png", help="truth/reconstruction/difference PNG")
     evaluate.set_defaults(run=_evaluate)
@@ -177,12 +271,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--reconstruction", default="results/reconstruction.npz")
     check.add_argument("--metrics", default="results/metrics.json")
     check.set_defaults(run=_check)
+
+    benchmark = commands.add_parser("benchmark", help="benchmarks, not tests: the scenario grid, or the timing benchmark of a pipeline run")
+    modes = benchmark.add_subparsers(dest="mode", required=True)
+    grid = modes.add_parser("scenarios", help="network, network + refinement and rPIE over scan overlap x dose (simulated, trains a network per scenario)")
+    grid.add_argument("--params", default="params.yaml", help="parameter file (all sections; prepare's simulation settings are sized by --size)")
+    grid.add_argument("--size", choices=["small", "default"], default="small",
+                      help="small: the params.yaml simulation with every length halved (N = 32, 8 px probe by default); default: as it is")
+    grid.add_argument("--epochs", type=_positive, default=None, help="training epochs per scenario (default: half of train.epochs, so that the 9 trainings fit in about "
+                      "half an hour on 2 CPU cores; early stopping applies)")
+    grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
+    grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")
+    grid.add_argument("--overlaps", type=_numbers, default=list(scenarios.OVERLAPS), help="scan steps as fractions of the probe diameter")
+    grid.add_argument("--doses", type=_numbers, default=list(scenarios.DOSES), help="mean photons per pattern")
+    grid.add_argument("--threads", type=_positive, default=1, help="torch CPU threads for every method, training included (replaces train.num_threads); "
+                      "numpy/scipy's BLAS threads (infer's phase synchronisation) follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS")
+    grid.add_argument("--workdir", default="results/scenarios", help="one folder per scenario (data, bundle, reconstructions, figures)")
+    grid.add_argument("--output", default="results/scenarios.json", help="results (JSON)")
+    grid.set_defaults(run=_scenarios)
+
+    timing = modes.add_parser("timing", help="after dvc repro: inference time, and sweeps/time ePIE and rPIE need to reach the network's SSIM")
+    timing.add_argument("--params", default="params.yaml", help="parameter file (sections infer, baseline, evaluate)")
+    timing.add_argument("--test-data", default="data/prepared/test.npz")
+    timing.add_argument("--bundle", default="models/wts.h5.zip")
+    timing.add_argument("--output", default="results/benchmark.json")
+    timing.add_argument("--repeats", type=_positive, default=5, help="runs per timing; the median is reported")
+    timing.add_argument("--max-iterations", type=_positive, default=300)
+    timing.set_defaults(run=_timing)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; a ptycho error becomes a one-line message and exit status 1."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.run(args)
     except PtychoError as error:

@@ -96,6 +96,14 @@ class LossKind(str, enum.Enum):
     MAE = "mae"
 
 
+class Schedule(str, enum.Enum):
+    """Learning-rate schedule of training (``ptycho.training``)."""
+
+    PLATEAU = "plateau"  # constant, multiplied by lr_factor after lr_patience epochs without a better val loss
+    COSINE = "cosine"  # cosine decay, per batch, from learning_rate to 0 over `epochs`
+    ONECYCLE = "onecycle"  # rise to learning_rate over warmup_fraction of the batches, then cosine decay
+
+
 class Algorithm(str, enum.Enum):
     EPIE = "epie"
     RPIE = "rpie"
@@ -225,17 +233,20 @@ class ModelConfig(Section):
 
 @dataclass(frozen=True)
 class TrainConfig(Section):
-    """`train:` section: optimisation and the Lightning trainer."""
+    """`train:` section: optimisation, schedule, stopping and the Lightning trainer."""
 
     SECTION: ClassVar[str] = "train"
-    epochs: int = 60  # early stopping usually ends it sooner
+    epochs: int = 60  # most epochs; early stopping or max_wall_s may end the run sooner
     batch_size: int = 16
-    learning_rate: float = 1.0e-3
+    learning_rate: float = 1.0e-3  # Adam; the peak of the cosine / onecycle schedules
     loss: LossKind = LossKind.POISSON
     val_fraction: float = 0.1  # share of training groups held out for validation
-    lr_patience: int = 3  # epochs without val improvement before the learning rate drops
-    lr_factor: float = 0.5
-    early_stopping_patience: int = 8
+    schedule: Schedule = Schedule.ONECYCLE  # measured best of the three on the default data (README "Schedules compared")
+    warmup_fraction: float = 0.3  # onecycle: share of the batches spent raising the LR (its warm phase)
+    lr_patience: int = 3  # plateau: epochs without val improvement before the learning rate drops
+    lr_factor: float = 0.5  # plateau: factor applied to the learning rate
+    early_stopping_patience: int = 8  # epochs without a better val loss, counted after the warm phase
+    max_wall_s: float = 0.0  # wall-time budget for the epochs, s; 0 = none (a budget breaks byte-reproducibility)
     seed: int = 1
     accelerator: str = "cpu"  # Lightning accelerator: cpu, gpu, auto, ...
     devices: str = "1"  # Lightning devices: a count, a list such as "0,1", or "auto"
@@ -248,12 +259,37 @@ class TrainConfig(Section):
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0.0 < self.val_fraction < 0.5, "train.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        _require(0.0 < self.warmup_fraction < 1.0, "train.warmup_fraction", f"must be in (0, 1), got {self.warmup_fraction}")
         _require(self.lr_patience >= 0, "train.lr_patience", f"must be >= 0, got {self.lr_patience}")
         _require(0.0 < self.lr_factor < 1.0, "train.lr_factor", f"must be in (0, 1), got {self.lr_factor}")
         _require(self.early_stopping_patience >= 1, "train.early_stopping_patience", f"must be >= 1, got {self.early_stopping_patience}")
+        _require(self.max_wall_s >= 0, "train.max_wall_s", f"must be >= 0 (0 = no limit), got {self.max_wall_s}")
         _require(self.num_threads >= 1, "train.num_threads", f"must be >= 1, got {self.num_threads}")
         devices_ok = self.devices == "auto" or all(part.strip().isdigit() for part in self.devices.split(","))
         _require(devices_ok, "train.devices", f"must be a count, a list such as '0,1', or 'auto'; got {self.devices!r}")
+        choices = lightning_choices()
+        for key in ("accelerator", "strategy", "precision"):
+            value = getattr(self, key)
+            _require(value in choices[key], f"train.{key}", f"allowed values are {list(choices[key])} (Lightning's); got {value!r}")
+
+
+@cache
+def lightning_choices() -> dict[str, tuple[str, ...]]:
+    """The accelerator, strategy and precision names the installed Lightning accepts.
+
+    Read from Lightning's registries (imported here, on first use, so that the sections of the
+    other stages do not pay for importing Lightning). Precision: the spellings of the Trainer's
+    ``precision`` argument.
+    """
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return {
+        "accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
+        "strategy": ("auto", *sorted(StrategyRegistry.available_strategies())),
+        "precision": (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)),
+    }
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,32 @@
-"""PNG figures a person looks at (DESIGN.md §6). Matplotlib with the non-interactive Agg backend."""
+"""PNG figures a person looks at (DESIGN.md §6).
+
+Drawn on ``matplotlib.figure.Figure`` objects, which render with the Agg canvas by themselves:
+pyplot is never imported, so no global backend is chosen and no figure is registered anywhere
+(importing this module changes nothing for a caller that uses pyplot interactively).
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from ptycho import metrics  # noqa: E402
-from ptycho.data import PtychoDataset  # noqa: E402
+from ptycho.data import PtychoDataset
+from ptycho.files import write_atomically
 
 
-def _save(figure, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+def _figure(rows: int, columns: int, size: tuple[float, float]):
+    figure = Figure(figsize=size)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def _save(figure: Figure, path: str | Path) -> None:
     # Fixed metadata keeps the PNG byte-identical for identical data (no needless DVC changes).
-    figure.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    write_atomically(path, buffer.getvalue())
 
 
 def _show(axis, image, title, cmap="gray", **kwargs):
@@ -26,12 +34,12 @@ def _show(axis, image, title, cmap="gray", **kwargs):
     axis.set_title(title, fontsize=9)
     axis.set_xticks([])
     axis.set_yticks([])
-    plt.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
+    axis.figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
 
 
 def dataset_preview(dataset: PtychoDataset, path: str | Path, title: str) -> None:
     """Object amplitude and phase (if known), probe amplitude, scan positions, one pattern (log)."""
-    figure, axes = plt.subplots(1, 5, figsize=(20, 4))
+    figure, (axes,) = _figure(1, 5, (20, 4))
     if dataset.object is not None:
         _show(axes[0], np.abs(dataset.object), "object amplitude")
         _show(axes[1], np.angle(dataset.object), "object phase (rad)", cmap="twilight")
@@ -57,7 +65,7 @@ def reconstruction_figure(reconstruction, path: str | Path, title: str) -> None:
     height, width = reconstruction.object.shape
     extent = (x0 - 0.5, x0 + width - 0.5, y0 + height - 0.5, y0 - 0.5)
     covered = reconstruction.coverage > 0
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    figure, (axes,) = _figure(1, 3, (15, 4.5))
     _show(axes[0], np.where(covered, np.abs(reconstruction.object), np.nan), "amplitude", extent=extent)
     _show(axes[1], np.where(covered, np.angle(reconstruction.object), np.nan), "phase (rad)", cmap="twilight", extent=extent)
     _show(axes[2], reconstruction.coverage, "coverage (summed weights)", cmap="viridis", extent=extent)
@@ -78,7 +86,7 @@ def comparison_figure(truth, reconstructions: dict, path: str | Path) -> None:
     columns = ([("truth", truth)] if truth is not None else []) + [(name, rec.object) for name, rec in reconstructions.items()]
     if truth is not None:
         columns += [(f"{name} - truth", None) for name in reconstructions]
-    figure, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 8), squeeze=False)
+    figure, axes = _figure(2, len(columns), (4.2 * len(columns), 8))
     for index, (name, image) in enumerate(columns):
         if image is None:
             rec = reconstructions[name.split(" - ")[0]]
@@ -103,5 +111,7 @@ def comparison_figure(truth, reconstructions: dict, path: str | Path) -> None:
 
 def _roughly_aligned(image: np.ndarray, truth: np.ndarray, coverage: np.ndarray) -> np.ndarray:
     """The reconstruction with phase offset and amplitude scale fitted on its scanned region."""
+    from ptycho import metrics  # only the comparison figure needs it (the stages that draw others do not)
+
     aligned, _ = metrics.align(image, truth, metrics.scanned_region(coverage))
     return np.where(coverage > 0, aligned, np.nan)  # uncovered pixels are not shown

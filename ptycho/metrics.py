@@ -22,8 +22,9 @@ Conventions (DESIGN.md §2):
 
 - Resolution from the FRC is a **full period** ``1 / f`` in pixels (f in cycles/pixel), so the
   finest value is the Nyquist period 2 px. The half-period convention would be ``1 / (2 f)``.
-- Metrics are computed in double precision and returned as plain Python ``float`` / ``int``
-  so that the dictionary is JSON-ready.
+- Metrics are computed in double precision and returned as plain Python ``float`` / ``int`` /
+  ``bool``. The one value that may be NaN is an FRC resolution that is not reached (see
+  :func:`frc_resolution`); the evaluate workflow writes it to JSON as null.
 """
 
 from __future__ import annotations
@@ -344,8 +345,12 @@ def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float)
     f is the first crossing after the zero-frequency ring: for the first ring i >= 1 with
     ``curve[i] < threshold``, f is interpolated linearly between rings i - 1 and i (or is
     ring 1's frequency if ring 0 itself is already below). If the curve never drops below the
-    threshold, the resolution is at least as fine as Nyquist and 2.0 px is returned. A period
-    of p px resolves features (half-periods) of p / 2 px. Thresholds in use: 0.5 and 1/7.
+    threshold the resolution is **not reached** and NaN is returned, never the Nyquist period
+    2 px: a perfect reconstruction stays above it, but so does a failed one on a crop of a few
+    rings (the Hann window's own spectrum fills rings 0 and 1 and leaks the images' means into
+    the others), and the two cannot be told apart from the curve. ``compare`` reports NaN with
+    ``frc.reached_<threshold>: false``; ``metrics.json`` holds null. A period of p px resolves
+    features (half-periods) of p / 2 px. Thresholds in use: 0.5 and 1/7.
     """
     frequencies = np.asarray(frequencies, dtype=float)
     curve = np.asarray(curve, dtype=float)
@@ -353,7 +358,7 @@ def frc_resolution(frequencies: np.ndarray, curve: np.ndarray, threshold: float)
         raise MetricsError(f"frc_resolution: frequencies {frequencies.shape} and curve {curve.shape} must be equal 1-D")
     below = np.flatnonzero(curve[1:] < threshold) + 1
     if below.size == 0:
-        return NYQUIST_RESOLUTION_PX
+        return float("nan")
     i = int(below[0])
     if curve[i - 1] >= threshold:  # always true for i >= 2; ring 0 may already be below
         fraction = (curve[i - 1] - threshold) / (curve[i - 1] - curve[i])
@@ -457,7 +462,8 @@ def compare(
 
     Returns ``(metrics, (frequencies, frc_values))``. ``metrics`` is a flat dict, JSON-ready:
     ``amplitude.{mae,rmse,psnr,ssim,pearson}``, ``phase.{...}`` (rad),
-    ``frc.resolution_px_0.5``, ``frc.resolution_px_1_7`` (full period, px),
+    ``frc.resolution_px_0.5``, ``frc.resolution_px_1_7`` (full period, px; NaN when the curve
+    never drops below the threshold) with ``frc.reached_0.5``, ``frc.reached_1_7`` (bool),
     ``alignment.{phase_offset_rad,amplitude_scale,shift_x_px,shift_y_px,ramp_x,ramp_y}``
     (the correction applied to the reconstruction; ramps in rad/px) and ``region_px`` (int).
     """
@@ -487,7 +493,9 @@ def compare(
     metrics.update({f"amplitude.{name}": value for name, value in amplitude.items()})
     metrics.update({f"phase.{name}": value for name, value in phase.items()})
     for suffix, threshold in FRC_THRESHOLDS.items():
-        metrics[f"frc.resolution_px_{suffix}"] = frc_resolution(frequencies, values, threshold)
+        resolution = frc_resolution(frequencies, values, threshold)
+        metrics[f"frc.resolution_px_{suffix}"] = resolution  # NaN when not reached
+        metrics[f"frc.reached_{suffix}"] = bool(np.isfinite(resolution))
     metrics.update(
         {
             "alignment.phase_offset_rad": alignment.phase_offset_rad,

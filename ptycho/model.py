@@ -87,19 +87,31 @@ class DiffractionToObject(nn.Module):
 
     The backbone's raw maps become amplitude (``architecture.amplitude_activation``) and phase
     (pi * tanh) on the centred predicted window, zero-padded to N. For gridsize > 1 the C
-    patches of each group are merged on a shared canvas and re-extracted (the overlap
-    constraint), so the returned patches agree where they overlap.
+    patches of each group are merged on a shared canvas, weighted by the probe intensity
+    (``merge_weights``), and re-extracted (the overlap constraint), so the returned patches
+    agree where they overlap.
     """
 
-    def __init__(self, architecture: Architecture, intensity_scale: float = 1.0):
+    def __init__(
+        self, architecture: Architecture, intensity_scale: float = 1.0, probe: torch.Tensor | None = None,
+        probe_scale: float = 1.0,
+    ):
         super().__init__()
         self.architecture = architecture
         size, window = architecture.N, architecture.window_px
         self.backbone = build_backbone(
-            architecture.network, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2
+            architecture.network, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2,
+            probe=probe if probe is not None else torch.ones(size, size, dtype=torch.complex64),
+            intensity_scale=intensity_scale, probe_scale=probe_scale,
         )
         self.register_buffer("intensity_scale", torch.tensor(float(intensity_scale), dtype=torch.float32))
         self.register_buffer("support", window_mask(size, window))
+        # Merge weights of the overlap constraint: the window times the probe intensity.
+        weights = self.support.clone()
+        if probe is not None:
+            intensity = probe.abs() ** 2 * self.support
+            weights = intensity / intensity.max()
+        self.register_buffer("merge_weights", weights)
 
     def forward(self, amplitudes: torch.Tensor, offsets_xy: torch.Tensor) -> torch.Tensor:
         # sqrt compresses the input's dynamic range (the central disc is ~100x brighter than
@@ -118,7 +130,7 @@ class DiffractionToObject(nn.Module):
         pad = (size - window) // 2
         patches = nn.functional.pad(torch.polar(amplitude, phase), (pad, pad, pad, pad))
         if self.architecture.channels > 1:
-            patches = physics.enforce_group_overlap(patches, offsets_xy, self.support)
+            patches = physics.enforce_group_overlap(patches, offsets_xy, self.merge_weights)
         return patches
 
 
@@ -152,8 +164,9 @@ def build_models(
     architecture: Architecture, probe: np.ndarray | torch.Tensor, intensity_scale: float, probe_scale: float = 1.0
 ) -> tuple[Autoencoder, DiffractionToObject]:
     """Both models, sharing weights: (autoencoder, diffraction_to_obj)."""
-    diffraction_to_obj = DiffractionToObject(architecture, intensity_scale)
-    autoencoder = Autoencoder(diffraction_to_obj, torch.as_tensor(probe), probe_scale)
+    probe = torch.as_tensor(probe)
+    diffraction_to_obj = DiffractionToObject(architecture, intensity_scale, probe, probe_scale)
+    autoencoder = Autoencoder(diffraction_to_obj, probe, probe_scale)
     return autoencoder, diffraction_to_obj
 
 

@@ -94,8 +94,8 @@ def merge_group(
     """Place the C patches of each group on one shared canvas and average where they overlap.
 
     patches: (B, C, N, N) complex; offsets_xy: (B, C, 2) (dx, dy) of each patch centre from the
-    group centre; support: (N, N) real weights (1 where a patch is trusted, 0 elsewhere);
-    pad: canvas margin in pixels (see ``canvas_pad``). Returns (B, N + 2 pad, N + 2 pad).
+    group centre; support: (h, w) real weights of each patch pixel (0 where it is not trusted);
+    pad: canvas margin in pixels (see ``canvas_pad``). Returns (B, h + 2 pad, w + 2 pad).
 
     Numerator and denominator are masked by the same translated support; pixels that no patch
     covers are zero (never divided by a tiny number). Groups are merged strictly one by one:
@@ -111,30 +111,41 @@ def merge_group(
     return torch.where(covered, numerator / safe, torch.zeros_like(numerator))
 
 
-def extract_group(canvas: torch.Tensor, offsets_xy: torch.Tensor, size: int) -> torch.Tensor:
+def extract_group(canvas: torch.Tensor, offsets_xy: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Cut the C patches of each group back out of its canvas: the inverse placement of merge_group.
 
-    canvas: (B, Hc, Wc) complex, centred on the group centre; offsets_xy: (B, C, 2).
-    Returns (B, C, N, N).
+    canvas: (B, Hc, Wc) complex, centred on the group centre; offsets_xy: (B, C, 2); size: N,
+    or (h, w) for a rectangular patch. Returns (B, C, h, w).
     """
+    height, width = (size, size) if isinstance(size, int) else size
     channels = offsets_xy.shape[1]
     stacked = canvas.unsqueeze(1).expand(-1, channels, -1, -1)
     centred = translate(stacked, -offsets_xy)
-    top = (canvas.shape[-2] - size) // 2
-    left = (canvas.shape[-1] - size) // 2
-    return centred[..., top : top + size, left : left + size]
+    top = (canvas.shape[-2] - height) // 2
+    left = (canvas.shape[-1] - width) // 2
+    return centred[..., top : top + height, left : left + width]
 
 
 def enforce_group_overlap(
-    patches: torch.Tensor, offsets_xy: torch.Tensor, support: torch.Tensor
+    patches: torch.Tensor, offsets_xy: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
     """Overlap constraint for gridsize > 1: merge each group on its canvas, then re-extract.
 
-    (B, C, N, N) -> (B, C, N, N). For C == 1 and a zero offset this is ``patches * support``.
+    (B, C, N, N) -> (B, C, N, N). weights (N, N): how much each pixel of a patch counts in the
+    merge (the window times the probe intensity, as in stitching: a dimly lit pixel is a poor
+    guess and must not pull a well-lit one towards it). Only the bounding box of weights > 0
+    is merged and translated (the rest of each patch is zero, the support prior), which keeps
+    the canvas small. For C == 1, a zero offset and 0/1 weights this is ``patches * weights``.
     """
+    size = patches.shape[-1]
+    rows = torch.nonzero(weights.sum(dim=1) > 0).view(-1)
+    cols = torch.nonzero(weights.sum(dim=0) > 0).view(-1)
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    box = patches[..., top:bottom, left:right]
     pad = canvas_pad(offsets_xy)
-    canvas = merge_group(patches, offsets_xy, support, pad)
-    return extract_group(canvas, offsets_xy, patches.shape[-1])
+    canvas = merge_group(box, offsets_xy, weights[top:bottom, left:right], pad)
+    merged = extract_group(canvas, offsets_xy, (bottom - top, right - left))
+    return F.pad(merged, (left, size - right, top, size - bottom))
 
 
 def far_field(exit_waves: torch.Tensor) -> torch.Tensor:

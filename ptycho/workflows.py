@@ -1,4 +1,11 @@
-"""One workflow function per pipeline stage: the DVC stage scripts, the CLI and the tests call these."""
+"""One workflow function per pipeline stage: the DVC stage scripts, the CLI and the tests call these.
+
+Each workflow imports the ptycho modules it needs inside the function, so that running one stage
+imports only its own code: the `deps` of a stage in dvc.yaml list exactly those modules (plus
+this one, ``config``, ``data``, ``errors``, ``files``, ``archive`` and ``cli``, which every stage
+imports), and a change to, say, ``metrics.py`` re-runs `evaluate`, not `train`.
+tests/test_pipeline.py records what each stage imports under ``dvc repro`` and checks dvc.yaml.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +16,18 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from ptycho import figures, metrics, physics
-from ptycho.baseline import pixel_size_of, run_baseline
-from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import BaselineConfig, RefineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
-from ptycho.data import PtychoDataset, load_dataset, save_dataset, validate
+from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import DataError, PtychoError
-from ptycho.grouping import grouped_tensors, make_groups
-from ptycho.inference import reconstruct
-from ptycho.io import load_scan
-from ptycho.io.ptychodus import write_product
-from ptycho.model import Architecture, build_models, intensity_scale_of
-from ptycho.reconstruction import Reconstruction, load_reconstruction, save_reconstruction
-from ptycho.simulate import simulate_train_test
+from ptycho.files import write_atomically
+
+if TYPE_CHECKING:
+    from ptycho.reconstruction import Reconstruction
 
 
 def split_spatially(dataset: PtychoDataset, test_fraction: float, source: str) -> tuple[PtychoDataset, PtychoDataset]:
@@ -59,13 +61,22 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
 
     Everything is read and checked before anything is written, so bad input leaves no output.
     """
+    from ptycho import figures
+    from ptycho.data import save_dataset, validate
+
     if config.source is Source.SIMULATE:
+        from ptycho.simulate import simulate_train_test
+
         train, test = simulate_train_test(config)
     elif config.test_file:
+        from ptycho.io import load_scan
+
         train, factor = load_scan(config.train_file, config)
         # The probe scale is measured on the training file and reused (DESIGN.md §2).
         test, _ = load_scan(config.test_file, config, probe_scale_factor=factor)
     else:
+        from ptycho.io import load_scan
+
         scan, _ = load_scan(config.train_file, config)
         train, test = split_spatially(scan, config.test_fraction, config.train_file)
     validate(train, str(train_path))
@@ -80,6 +91,7 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
 class TrainSummary:
     history: list[dict[str, float]]
     metrics: dict[str, float]
+    stop_reason: str = ""  # epochs | early_stopping | wall_time (``training.Stopping``)
 
 
 def _csv_bytes(rows: list[dict[str, float]]) -> bytes:
@@ -92,10 +104,25 @@ def _csv_bytes(rows: list[dict[str, float]]) -> bytes:
     return text.getvalue().encode()
 
 
+def _finite_or_none(value):
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def _json_bytes(report: dict) -> bytes:
+    """A metrics report as JSON: sorted keys, a number that is not finite written as null (JSON has
+    no NaN or Infinity; DVC and other readers refuse them)."""
+    return (json.dumps(_finite_or_none(report), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
 def _write_text(path: str | Path, content: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
+    write_atomically(path, content)
 
 
 def train(
@@ -107,13 +134,31 @@ def train(
     metrics_path: str | Path,
     checkpoint_dir: str | Path,
     resume: bool = False,
+    *,
+    callbacks: Sequence = (),
 ) -> TrainSummary:
-    """Fit the PINN on the training scan and write the bundle, the history CSV and final metrics.
+    """Fit the PINN on the training scan and write the history CSV, the final metrics and the bundle.
 
     The one training code path: the `train` stage, `ptycho train` and the tests call it, and it
-    always ends by writing ``bundle_path`` (wts.h5.zip).
+    ends by writing ``bundle_path`` (wts.h5.zip) or raises. Every file is written atomically and
+    the bundle last, so a kill at any moment leaves no partial file and no new bundle beside old
+    reports; temp files a killed run left beside these outputs are deleted first. ``resume``:
+    see ``training.fit`` (it continues from ``checkpoint_dir/last.ckpt``). ``callbacks``: extra
+    Lightning callbacks (tests interrupt a run with one). Global state (thread counts, random
+    states) is as it was when this returns.
     """
-    from ptycho import training  # here: importing Lightning costs the other stages 180 MB of memory and a second
+    from ptycho import training
+
+    training.remove_stale_temp_files(bundle_path, history_path, metrics_path)
+    with training.preserved_global_state():
+        return _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks)
+
+
+def _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks) -> TrainSummary:
+    from ptycho import physics, training
+    from ptycho.bundle import save_bundle
+    from ptycho.grouping import grouped_tensors, make_groups
+    from ptycho.model import Architecture, build_models, intensity_scale_of
 
     started = time.perf_counter()
     size = train_data.pattern_size
@@ -123,7 +168,7 @@ def train(
         warnings.warn(
             f"train: the probe spills beyond the largest object window (N = {size} px): {100 * (1 - inner_share):.1f} % "
             f"of |probe|^2 lies in the outer 1-px frame of the pattern, where the probe is cut; the network predicts "
-            f"the whole N x N window. A larger N (or a smaller, more focused probe) keeps more of it.", stacklevel=2,
+            f"the whole N x N window. A larger N (or a smaller, more focused probe) keeps more of it.", stacklevel=3,
         )
     architecture = Architecture(
         N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
@@ -139,27 +184,30 @@ def train(
     autoencoder, diffraction_to_obj = build_models(
         architecture, unit_probe, intensity_scale_of(train_data.amplitudes), probe_scale=probe_scale
     )
-    result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume)
+    result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume, callbacks=callbacks)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
-        return TrainSummary(history=result.history, metrics={})
+        return TrainSummary(history=result.history, metrics={}, stop_reason=result.stop_reason)
     history = _csv_bytes(result.history)
     config_snapshot = json.dumps(
         {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, sort_keys=True, indent=2, default=str
     ).encode()
-    save_bundle(bundle_path, autoencoder, diffraction_to_obj, architecture, extras={"history.csv": history, "config.json": config_snapshot})
     last = result.history[-1]
     final = {
         "final_train_loss": last.get("train_loss", float("nan")),
         "final_val_loss": last.get("val_loss", float("nan")),
         "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
         "final_val_amplitude_mae": last.get("val_amplitude_mae", float("nan")),
         "epochs_run": result.epochs_run,
         "n_groups": groups.n_groups,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
+    # Reports first, the bundle last: a kill in between may leave new reports beside the old
+    # bundle, never a new bundle beside old reports.
     _write_text(history_path, history)
-    _write_text(metrics_path, (json.dumps(final, indent=2, sort_keys=True) + "\n").encode())
-    return TrainSummary(history=result.history, metrics=final)
+    _write_text(metrics_path, _json_bytes(final))
+    save_bundle(bundle_path, autoencoder, diffraction_to_obj, architecture, extras={"history.csv": history, "config.json": config_snapshot})
+    return TrainSummary(history=result.history, metrics=final, stop_reason=result.stop_reason)
 
 
 def infer(
@@ -169,6 +217,12 @@ def infer(
 ) -> Reconstruction:
     """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings
     (and, given `product_path`, the reconstruction as a ptychodus product.h5)."""
+    from ptycho import figures
+    from ptycho.baseline import pixel_size_of
+    from ptycho.bundle import load_bundle
+    from ptycho.inference import reconstruct
+    from ptycho.reconstruction import save_reconstruction
+
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
     reconstruction = reconstruct(bundle, test_data, config, bundle_path)
@@ -177,10 +231,12 @@ def infer(
         reconstruction = dataclasses.replace(reconstruction, pixel_size_m=pixel_size_of(test_data))
     save_reconstruction(reconstruction, reconstruction_path)
     if product_path:
+        from ptycho.io.ptychodus import write_product
+
         write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns}
-    _write_text(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    _write_text(stats_path, _json_bytes(stats))
     return reconstruction
 
 
@@ -217,6 +273,8 @@ def data_consistency(reconstruction: Reconstruction, data: PtychoDataset, keep: 
     the valid detector pixels (``data.mask``) of the positions `keep` (default:
     ``scorable_positions``; ``evaluate`` passes the positions every method can be scored on).
     """
+    from ptycho import metrics, physics
+
     size = data.pattern_size
     x0, y0 = reconstruction.origin
     keep = scorable_positions(reconstruction, data) if keep is None else np.asarray(keep, dtype=np.int64)
@@ -239,6 +297,8 @@ def data_consistency(reconstruction: Reconstruction, data: PtychoDataset, keep: 
 
 def common_region(reconstructions: dict[str, Reconstruction], config: EvaluateConfig) -> np.ndarray:
     """Pixels in the scanned region of every reconstruction: all methods are scored on one region."""
+    from ptycho import metrics
+
     regions = [metrics.scanned_region(rec.coverage, config.coverage_fraction, config.margin_px) for rec in reconstructions.values()]
     return np.logical_and.reduce(regions)
 
@@ -250,6 +310,8 @@ def score(
     """All metrics of one reconstruction: against the truth on ``region`` when the data have one,
     and always against the measured diffraction (positions `keep`, see ``data_consistency``).
     Returns (metrics, FRC curve or None)."""
+    from ptycho import metrics
+
     results: dict[str, float] = {f"data.{key}": value for key, value in data_consistency(reconstruction, data, keep).items()}
     curve = None
     if data.object is not None:
@@ -266,17 +328,30 @@ def score(
 LABELS = {"pinn": "network", "refined": "network + refinement", "baseline": "iterative"}
 
 
+def scores_of(results: dict) -> dict:
+    """One method's metrics without the alignment diagnostics (``alignment.*``, ``region_px``):
+    what ``dvc metrics show`` lists, one row per method."""
+    return {key: value for key, value in results.items() if not key.startswith("alignment.") and key != "region_px"}
+
+
 def evaluate(
     test_data: PtychoDataset, reconstruction_paths: dict[str, str | Path], stats_paths: dict[str, str | Path],
     config: EvaluateConfig, metrics_path: str | Path, frc_path: str | Path, figure_path: str | Path,
+    *, scores_dir: str | Path | None = None,
 ) -> dict:
     """Score each reconstruction (``pinn``, and ``baseline`` when given) on one common region and,
     for the data R-factor, on the same patterns (those every method covers), each re-simulated
     with the method's own probe when its reconstruction has one (``data.own_probe`` = 1).
 
     Writes metrics.json with one section per method (the timings of its stats file merged in),
-    the FRC curves as one CSV and a truth / reconstructions / differences figure.
+    the FRC curves as one CSV and a truth / reconstructions / differences figure. Given
+    ``scores_dir``, also ``<scores_dir>/<method>.json`` (``scores_of``): the pipeline declares
+    these as its DVC metrics, so that ``dvc metrics show`` has one row per method under shared
+    columns instead of one row of every method's every key.
     """
+    from ptycho import figures
+    from ptycho.reconstruction import load_reconstruction
+
     reconstructions = {method: load_reconstruction(path) for method, path in reconstruction_paths.items()}
     shapes = {method: (rec.origin, rec.object.shape) for method, rec in reconstructions.items()}
     if len(set(shapes.values())) > 1:
@@ -295,7 +370,10 @@ def evaluate(
         report[method] = results
         if curve is not None:
             curves[method] = curve
-    _write_text(metrics_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    if scores_dir is not None:
+        for method, results in report.items():
+            _write_text(Path(scores_dir) / f"{method}.json", _json_bytes(scores_of(results)))
+    _write_text(metrics_path, _json_bytes(report))
     frequencies = next(iter(curves.values()))[0] if curves else []
     rows = [{"frequency_per_px": float(f), **{m: float(curve[1][i]) for m, curve in curves.items()}} for i, f in enumerate(frequencies)]
     _write_text(frc_path, _csv_bytes(rows) if rows else ("frequency_per_px," + ",".join(reconstructions) + "\n").encode())
@@ -312,6 +390,9 @@ def check(
     metrics_path: str | Path, config: CheckConfig,
 ) -> list[str]:
     """Artifact checks after a pipeline run; returns the failures (empty when all pass)."""
+    from ptycho.bundle import load_bundle
+    from ptycho.reconstruction import load_reconstruction
+
     failures: list[str] = []
     bundle = None
     try:
@@ -367,17 +448,23 @@ def baseline(
 ) -> list[float]:
     """Iterative reference reconstruction of the test scan, in the network's output format (with
     the probe it used or refined; given `product_path`, also as a ptychodus product.h5)."""
+    from ptycho import figures
+    from ptycho.baseline import run_baseline
+    from ptycho.reconstruction import save_reconstruction
+
     started = time.perf_counter()
     reconstruction, errors = run_baseline(test_data, config)
     seconds = time.perf_counter() - started
     save_reconstruction(reconstruction, reconstruction_path)
     if product_path:
+        from ptycho.io.ptychodus import write_product
+
         write_product(product_path, reconstruction, test_data, losses=errors)
     figures.reconstruction_figure(reconstruction, figure_path, f"iterative reconstruction ({reconstruction.method})")
     _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
              "iterations": config.iterations, "final_error": errors[-1]}
-    _write_text(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    _write_text(stats_path, _json_bytes(stats))
     return errors
 
 
@@ -388,6 +475,10 @@ def refine(
     """Network + refinement: ``config.iterations`` sweeps of the iterative engine started from the
     network's reconstruction (its object and calibrated probe). The stats count the network's
     inference time too, so ``wall_time_s`` is what the hybrid costs from diffraction to object."""
+    from ptycho import figures
+    from ptycho.baseline import run_baseline
+    from ptycho.reconstruction import load_reconstruction, save_reconstruction
+
     network = load_reconstruction(reconstruction_path)
     network_seconds = json.loads(Path(infer_stats_path).read_text())["wall_time_s"]
     started = time.perf_counter()
@@ -398,5 +489,5 @@ def refine(
     _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
              "network_wall_time_s": network_seconds, "iterations": config.iterations, "final_error": errors[-1]}
-    _write_text(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    _write_text(stats_path, _json_bytes(stats))
     return errors

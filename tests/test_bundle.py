@@ -20,7 +20,7 @@ import torch
 from ptycho import bundle as bundle_module
 from ptycho.bundle import FORMAT, FORMAT_VERSION, MODEL_NAMES, Bundle, load_bundle, save_bundle
 from ptycho.errors import BundleError
-from ptycho.model import Architecture, build_models
+from ptycho.model import NETWORK_NAMES, Architecture, build_models
 
 N = 32
 EXTRAS = {"history.csv": b"epoch,train_loss\n0,1.5\n1,0.75\n", "config.json": b'{"train": {"epochs": 2}}\n'}
@@ -685,3 +685,26 @@ def test_a_format_1_bundle_loads_and_predicts_as_it_did():
     with torch.no_grad():
         output = loaded.diffraction_to_obj(amplitudes, torch.zeros(1, 1, 2))
     np.testing.assert_array_equal(output.numpy(), np.load(data / "bundle_format1_output.npy"))
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_every_architecture_round_trips_with_a_wide_window(tmp_path, gridsize):
+    # The second backbone (physics projection + U-Net, its probe and scales as buffers) and a
+    # window wider than N/2 (a defocused probe) round-trip like the reference CNN.
+    for network in NETWORK_NAMES:
+        wide = Architecture(N=N, gridsize=gridsize, n_filters_scale=0.125, network=network, window_px=24)
+        torch.manual_seed(0)
+        probe = np.exp(1j * np.linspace(0, 3, N * N)).reshape(N, N).astype(np.complex64)
+        autoencoder, diffraction_to_obj = build_models(wide, probe, intensity_scale=2.0, probe_scale=30.0)
+        path = tmp_path / f"{network}.zip"
+        save_bundle(path, autoencoder, diffraction_to_obj, wide)
+        loaded = load_bundle(path)
+        assert loaded.architecture == wide and loaded.probe_scale == pytest.approx(30.0)
+        amplitudes, offsets = inputs(gridsize)
+        diffraction_to_obj.eval()
+        with torch.no_grad():
+            expected = diffraction_to_obj(amplitudes, offsets)
+            assert torch.equal(loaded.diffraction_to_obj(amplitudes, offsets), expected)
+        outside = torch.ones(N, N, dtype=torch.bool)
+        outside[4:28, 4:28] = False  # the 24 px window is centred: rows and columns 4 ... 27
+        assert torch.all(expected[..., outside] == 0)

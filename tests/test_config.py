@@ -49,6 +49,12 @@ def test_values_are_typed_and_enums_resolved():
         (TrainConfig, "train", {"epochs": 0}, "train.epochs", ">= 1"),
         (TrainConfig, "train", {"batch_size": True}, "train.batch_size", "integer"),
         (TrainConfig, "train", {"loss": "mse"}, "train.loss", "'poisson', 'mae'"),
+        (TrainConfig, "train", {"schedule": "linear"}, "train.schedule", "'plateau', 'cosine', 'onecycle'"),
+        (TrainConfig, "train", {"max_wall_s": -1}, "train.max_wall_s", "0 = no limit"),
+        (TrainConfig, "train", {"warmup_fraction": 1.0}, "train.warmup_fraction", "(0, 1)"),
+        (TrainConfig, "train", {"accelerator": "gpux"}, "train.accelerator", "'cpu'"),
+        (TrainConfig, "train", {"precision": "33-true"}, "train.precision", "'bf16-mixed'"),
+        (TrainConfig, "train", {"strategy": "dpp"}, "train.strategy", "'ddp'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(cls, section, mapping, key, needle):
@@ -135,3 +141,8 @@ def test_missing_or_broken_params_file(tmp_path):
         config.load_section(listed, "prepare")
     with pytest.raises(ConfigError, match="unknown section"):
         config.load_section(listed, "preparation")
+
+
+def test_lightning_spellings_of_devices_settings_are_accepted():
+    for mapping in ({"precision": "32"}, {"precision": "bf16-mixed"}, {"accelerator": "gpu"}, {"accelerator": "auto"}, {"strategy": "ddp"}):
+        config.section_from_mapping(TrainConfig, "train", mapping)

@@ -9,7 +9,7 @@ from foreign_data import build_scan, defocused_ring_probe, write_scan
 from ptycho import physics, workflows
 from ptycho.baseline import run_baseline
 from ptycho.bundle import load_bundle
-from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
+from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, Source, TrainConfig
 from ptycho.data import PtychoDataset, load_dataset
 
 FAST_TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=2e-3, early_stopping_patience=20, seed=3)
@@ -83,3 +83,39 @@ def test_baseline_calibration_absorbs_decimal_probe_units(foreign_pair):
     ]
     for found in objects:
         np.testing.assert_allclose(found, objects[1], atol=1e-4 * np.abs(objects[1]).max())
+
+
+def test_a_foreign_scan_goes_through_the_pipeline_and_the_network_learns(tmp_path):
+    # Canonical NPZ files written by the independent builder (discs, a defocused ring probe
+    # stored with max |P| = 1, whole-pixel positions) through prepare (source npz) -> train ->
+    # infer -> refine, beside rPIE, scored by evaluate. Before the probe calibration the
+    # network's data R-factor on such data was 0.99 (it could not reach the counts).
+    write_scan(tmp_path / "train_in.npz", size=32, n_per_side=14, step_px=5, seed=1)
+    write_scan(tmp_path / "test_in.npz", size=32, n_per_side=8, step_px=5, seed=2)
+    prepare = PrepareConfig(source=Source.NPZ, N=32, train_file=str(tmp_path / "train_in.npz"), test_file=str(tmp_path / "test_in.npz"))
+    train, test = workflows.prepare(prepare, tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "preview.png")
+    summary = workflows.train(
+        train, ModelConfig(n_filters_scale=0.25), dataclasses.replace(FAST_TRAIN, epochs=10), tmp_path / "wts.h5.zip",
+        tmp_path / "h.csv", tmp_path / "m.json", tmp_path / "ck",
+    )
+    bundle = load_bundle(tmp_path / "wts.h5.zip")
+    assert bundle.architecture.window_px == 32  # the ring probe needs the whole window (N/2 holds 42 %)
+    history = summary.history
+    assert history[-1]["val_loss"] < history[0]["val_loss"]  # it trains
+    workflows.infer(test, tmp_path / "wts.h5.zip", InferConfig(), tmp_path / "net.npz", tmp_path / "net.png", tmp_path / "net.json")
+    workflows.refine(test, tmp_path / "net.npz", tmp_path / "net.json", RefineConfig(iterations=5), tmp_path / "ref.npz",
+                     tmp_path / "rh.csv", tmp_path / "rs.json", tmp_path / "ref.png")
+    workflows.baseline(test, BaselineConfig(iterations=30), tmp_path / "base.npz", tmp_path / "bh.csv", tmp_path / "bs.json", tmp_path / "base.png")
+    report = workflows.evaluate(
+        test, {"pinn": tmp_path / "net.npz", "refined": tmp_path / "ref.npz", "baseline": tmp_path / "base.npz"}, {},
+        EvaluateConfig(), tmp_path / "metrics.json", tmp_path / "frc.csv", tmp_path / "cmp.png",
+    )
+    network, refined, baseline = report["pinn"], report["refined"], report["baseline"]
+    # Floors measured on this run (closing note of issue 8: network R-factor 0.21, amplitude SSIM
+    # 0.39; refined 0.88; rPIE-30 0.98), with a margin. The network alone is still far from rPIE
+    # here; five refinement sweeps from it close most of the gap.
+    assert network["data.r_factor"] < 0.3
+    assert network["amplitude.ssim"] > 0.3
+    assert baseline["amplitude.ssim"] > 0.9
+    assert refined["amplitude.ssim"] > baseline["amplitude.ssim"] - 0.15
+    assert refined["data.r_factor"] < network["data.r_factor"]

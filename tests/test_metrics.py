@@ -110,7 +110,7 @@ def test_frc_resolution_interpolates_the_first_crossing():
     curve = np.array([1.0, 0.9, 0.7, 0.3, 0.1, 0.0])
     assert metrics.frc_resolution(frequencies, curve, 0.5) == pytest.approx(1 / 0.25)
     assert metrics.frc_resolution(frequencies, curve, 1 / 7) == pytest.approx(1 / (0.3 + (0.3 - 1 / 7) / 0.2 * 0.1))
-    assert metrics.frc_resolution(frequencies, np.ones(6), 0.5) == 2.0  # never below: Nyquist
+    assert np.isnan(metrics.frc_resolution(frequencies, np.ones(6), 0.5))  # never below: not reached, not "Nyquist"
     # a dip in ring 0 does not count; the first crossing after it does
     assert metrics.frc_resolution(frequencies, np.array([0.0, 1.0, 1.0, 0.0, 1.0, 1.0]), 0.5) == pytest.approx(1 / 0.25)
 
@@ -143,11 +143,13 @@ def test_identical_images_score_perfectly(truth, coverage):
         assert result[f"{part}.psnr"] == metrics.PSNR_CAP_DB
     np.testing.assert_allclose(values, 1.0, atol=1e-6)
     assert frequencies[0] == 0.0 and frequencies[-1] == pytest.approx(0.5)
-    assert result["frc.resolution_px_0.5"] == 2.0
-    assert result["frc.resolution_px_1_7"] == 2.0
+    # the curve never drops below a threshold: "not reached", never the best value (2 px)
+    assert np.isnan(result["frc.resolution_px_0.5"]) and result["frc.reached_0.5"] is False
+    assert np.isnan(result["frc.resolution_px_1_7"]) and result["frc.reached_1_7"] is False
     assert result["region_px"] == int(metrics.scanned_region(coverage).sum())
-    json.dumps(result)  # JSON-ready: plain floats and ints, all finite
-    assert all(type(value) in (float, int) and np.isfinite(value) for value in result.values())
+    # plain floats, ints and bools, all finite except the resolutions not reached
+    assert all(type(value) in (float, int, bool) for value in result.values())
+    assert all(np.isfinite(value) for key, value in result.items() if not key.startswith("frc.resolution"))
 
 
 def test_phase_offset_is_removed_with_the_documented_sign(truth, coverage):

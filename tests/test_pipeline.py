@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ptycho.bundle import load_bundle
@@ -62,24 +63,74 @@ def environment() -> dict:
             "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.org"}
 
 
-def dvc(folder: Path, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *arguments], cwd=folder, capture_output=True, text=True, env=environment())
+def dvc(folder: Path, *arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *arguments], cwd=folder, capture_output=True, text=True, env={**environment(), **(env or {})})
 
 
-def test_dvc_repro_runs_every_stage_then_nothing(tmp_path):
-    make_repository(tmp_path)
-    first = dvc(tmp_path, "repro")
+# Put on PYTHONPATH, this records at exit which files of the ptycho package a stage script
+# (stages/<stage>.py) imported, relative to the package's parent folder, in <log>/<stage>.txt.
+IMPORT_LOGGER = '''
+import atexit, os, sys
+
+def _record():
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    package = sys.modules.get("ptycho")
+    if os.path.basename(os.path.dirname(script)) != "stages" or package is None:
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(package.__file__)))
+    files = sorted({os.path.relpath(os.path.abspath(module.__file__), root) for name, module in list(sys.modules.items())
+                    if (name == "ptycho" or name.startswith("ptycho.")) and getattr(module, "__file__", None)})
+    with open(os.path.join(os.environ["PTYCHO_IMPORT_LOG"], os.path.basename(script)[:-3] + ".txt"), "w") as log:
+        log.write("\\n".join(files))
+
+atexit.register(_record)
+'''
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    """A repository after its first `dvc repro`, with the ptycho files each stage imported."""
+    folder = tmp_path_factory.mktemp("repro")
+    hook, log = tmp_path_factory.mktemp("hook"), tmp_path_factory.mktemp("imports")
+    (hook / "sitecustomize.py").write_text(IMPORT_LOGGER)
+    make_repository(folder)
+    first = dvc(folder, "repro", env={"PYTHONPATH": str(hook), "PTYCHO_IMPORT_LOG": str(log)})
+    imports = {path.stem: set(path.read_text().split()) for path in log.glob("*.txt")}
+    return folder, first, imports
+
+
+def test_dvc_repro_runs_every_stage_then_nothing(repro):
+    folder, first, _ = repro
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("prepare", "train", "infer", "baseline", "evaluate"):
+    for stage in ("prepare", "train", "infer", "baseline", "refine", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
-    load_bundle(tmp_path / "models" / "wts.h5.zip")
-    assert (tmp_path / "results" / "reconstruction.npz").is_file()
-    shown = dvc(tmp_path, "metrics", "show")
-    assert "pinn.amplitude.ssim" in shown.stdout and "baseline.amplitude.ssim" in shown.stdout
-    second = dvc(tmp_path, "repro")
+    load_bundle(folder / "models" / "wts.h5.zip")
+    assert (folder / "results" / "reconstruction.npz").is_file()
+    # dvc metrics show: one row per method under shared columns, one for training
+    shown = dvc(folder, "metrics", "show").stdout.splitlines()
+    header = shown[0].split()
+    rows = sorted(line.split()[0] for line in shown[1:] if line.strip())
+    assert rows == ["models/train_metrics.json", "results/scores/baseline.json", "results/scores/pinn.json", "results/scores/refined.json"]
+    assert "amplitude.ssim" in header and "frc.reached_0.5" in header and len(header) <= 32, header
+    second = dvc(folder, "repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout
-    checked = subprocess.run([sys.executable, "-m", "ptycho.cli", "check"], cwd=tmp_path, capture_output=True, text=True, env=environment())
+    checked = subprocess.run([sys.executable, "-m", "ptycho.cli", "check"], cwd=folder, capture_output=True, text=True, env=environment())
     assert checked.returncode == 0, checked.stderr
+
+
+def test_every_ptycho_file_a_stage_imports_is_one_of_its_dvc_deps(repro):
+    """A stage whose code changed must re-run: dvc.yaml's deps cover what the stage really imports."""
+    folder, first, imports = repro
+    assert first.returncode == 0, first.stdout + first.stderr
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert sorted(imports) == sorted(stages)  # every stage ran and was recorded
+    for stage, imported in imports.items():
+        assert "ptycho/workflows.py" in imported and "ptycho/training.py" not in imports["prepare"]  # the record works
+        if "ptycho/bundle.py" in imported:
+            imported = imported | {"ptycho/_hdf5_child.py"}  # bundle.py runs it as a script in a child process
+        deps = [str(dep).rstrip("/") for dep in stages[stage]["deps"]]
+        missing = sorted(path for path in imported if not any(path == dep or path.startswith(dep + "/") for dep in deps))
+        assert not missing, f"dvc.yaml: stage {stage} imports {missing} without listing them (or their folder) in deps"
 
 
 def test_a_train_step_that_skips_the_save_fails_the_pipeline_at_train(tmp_path):

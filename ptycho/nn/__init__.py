@@ -7,15 +7,26 @@ predicted window and the overlap constraint, so every backbone shares one physic
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ptycho.nn.cnn import CNN
+from ptycho.nn.unet import ProjectionUNet
 
-NAMES = ("cnn",)
+NAMES = ("cnn", "projection_unet")
 
 
-def build_backbone(name: str, size: int, channels: int, n_filters_scale: float, full_resolution: bool) -> nn.Module:
-    """The backbone called ``name`` for patterns of N = ``size`` and C = ``channels``."""
+def build_backbone(
+    name: str, size: int, channels: int, n_filters_scale: float, full_resolution: bool, *,
+    probe: torch.Tensor, intensity_scale: float, probe_scale: float,
+) -> nn.Module:
+    """The backbone called ``name`` for patterns of N = ``size`` and C = ``channels``.
+
+    cnn: the PtychoPINN reference (maps of N/2, or N when ``full_resolution``).
+    projection_unet: physics projection with the calibrated probe, then a U-Net (maps of N).
+    """
     if name == "cnn":
         return CNN(size, channels, n_filters_scale, full_resolution)
+    if name == "projection_unet":
+        return ProjectionUNet(size, channels, n_filters_scale, probe, intensity_scale, probe_scale)
     raise ValueError(f"unknown architecture {name!r}; known: {list(NAMES)}")
