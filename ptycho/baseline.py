@@ -58,9 +58,11 @@ in arbitrary units), and the probe (calibrated, refined or not) is returned with
 reconstruction, so that the data R-factor re-simulates with the probe that goes with this object.
 
 Cost and memory: per batch B, two FFTs of (B, N, N) plus gathers and ``index_add_`` scatters on
-the bounding box of the batch's windows (no Python work per pixel or per position). Memory is
-the canvas, the data, and, for a fixed probe, the M translated probes (cached up to 512 MiB,
-else recomputed per batch).
+the bounding box of the batch's windows (no Python work per pixel or per position). The
+patterns are read batch by batch, so with a dataset that reads them by rows
+(``load_dataset(..., by_rows=True)``, as the stages do) they are never held whole. Memory is
+the canvas, the positions, one batch, and, for a fixed probe, the M translated probes (cached
+up to 512 MiB, else recomputed per batch).
 """
 
 from __future__ import annotations
@@ -222,10 +224,10 @@ def run_baseline(
     rows0, cols0, remainder = window_geometry(data.xcoords, data.ycoords, size, origin)
     corners, offsets = _flat_windows(rows0, cols0, size, (height, width))  # window = corners[j] + offsets
     remainder_t = torch.from_numpy(remainder)
-    # ifftshift once: the amplitude constraint then works on unshifted fft2 output.
-    measured = torch.fft.ifftshift(torch.from_numpy(data.amplitudes), dim=(-2, -1))
+    # Patterns are read batch by batch (from their file when the dataset reads them by rows) and
+    # ifftshifted as read: the amplitude constraint then works on unshifted fft2 output.
     valid = None if data.mask is None else torch.fft.ifftshift(torch.from_numpy(data.mask), dim=(-2, -1))
-    total_energy = float(torch.sum(measured.double() ** 2))
+    total_energy = float(np.sum(physics.pattern_totals(data.amplitudes)))
     if total_energy <= 0:
         raise DataError("run_baseline: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
 
@@ -261,7 +263,7 @@ def run_baseline(
             exit_waves = probes * patches  # (B, K, N, N)
             far = torch.fft.fft2(exit_waves, norm="ortho")
             modulus = torch.sqrt((far.real**2 + far.imag**2).sum(dim=1))  # (B, N, N)
-            target = measured.index_select(0, batch)
+            target = torch.fft.ifftshift(torch.from_numpy(data.amplitudes[batch.numpy()]), dim=(-2, -1))
             if valid is not None:  # masked pixels keep the model's modulus (no constraint there)
                 target = torch.where(valid, target, modulus)
             misfit += float(torch.sum((modulus - target) ** 2))
@@ -298,9 +300,11 @@ def run_baseline(
         if on_iteration is not None and on_iteration(len(errors), obj):
             break
 
-    probes_final = cache if cache is not None else translate_modes(probe, remainder_t)
     coverage = torch.zeros(height * width, dtype=torch.float32)
-    coverage.index_add_(0, (corners.view(-1, 1) + offsets).reshape(-1), (probes_final.abs() ** 2).sum(dim=1).reshape(-1))
+    for start in range(0, count, batch_size):  # batch by batch: all M translated probes at once would be O(M) memory
+        chunk = slice(start, start + batch_size)
+        probes = cache[chunk] if cache is not None else translate_modes(probe, remainder_t[chunk])
+        coverage.index_add_(0, (corners[chunk].view(-1, 1) + offsets).reshape(-1), (probes.abs() ** 2).sum(dim=1).reshape(-1))
     coverage = coverage.view(height, width)
     obj = torch.where(coverage > 0, obj, torch.zeros_like(obj))
     final_probe = probe.numpy().astype(np.complex64)

@@ -56,6 +56,8 @@ def _train(args: argparse.Namespace) -> None:
             args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
         )
     _report(caught, "train")
+    if not summary.metrics:  # another rank of a distributed (DDP) run: rank 0 writes the bundle and reports
+        return
     stopped = {"epochs": "all epochs ran", "early_stopping": "early stopping", "wall_time": "wall-time budget train.max_wall_s"}
     print(f"train: wrote {args.bundle}; stopped by {stopped.get(summary.stop_reason, summary.stop_reason)}; "
           + ", ".join(f"{key}={value}" for key, value in summary.metrics.items()))
@@ -72,7 +74,7 @@ def _report(caught: list, command: str) -> None:
 
 def _infer(args: argparse.Namespace) -> None:
     infer_config = config.load_section(args.params, "infer")
-    reconstruction = workflows.infer(load_dataset(args.test_data), args.bundle, infer_config, args.reconstruction, args.figure, args.stats, args.product)
+    reconstruction = workflows.infer(load_dataset(args.test_data, by_rows=True), args.bundle, infer_config, args.reconstruction, args.figure, args.stats, args.product)
     print(f"infer: wrote {args.reconstruction} ({reconstruction.object.shape[0]} x {reconstruction.object.shape[1]} px, origin {reconstruction.origin})")
 
 
@@ -99,14 +101,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _baseline(args: argparse.Namespace) -> None:
     baseline_config = config.load_section(args.params, "baseline")
-    errors = workflows.baseline(load_dataset(args.test_data), baseline_config, args.reconstruction, args.history, args.stats, args.figure, args.product)
+    errors = workflows.baseline(load_dataset(args.test_data, by_rows=True), baseline_config, args.reconstruction, args.history, args.stats, args.figure, args.product)
     print(f"baseline: wrote {args.reconstruction}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} iterations")
 
 
 def _refine(args: argparse.Namespace) -> None:
     refine_config = config.load_section(args.params, "refine")
     errors = workflows.refine(
-        load_dataset(args.test_data), args.reconstruction, args.infer_stats, refine_config,
+        load_dataset(args.test_data, by_rows=True), args.reconstruction, args.infer_stats, refine_config,
         args.refined, args.history, args.stats, args.figure,
     )
     print(f"refine: wrote {args.refined}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} sweeps")

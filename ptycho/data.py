@@ -42,7 +42,9 @@ import copy
 import json
 import math
 import os
+import struct
 import tokenize
+import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,8 +53,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from ptycho.archive import ZIP_ERRORS, checked_infos, open_zip, parse_json, read_into
-from ptycho.errors import DataError
+from ptycho.errors import DataError, InputWarning
 from ptycho.files import write_npz
+from ptycho.rowfile import RowFile, array_chunks
 
 MIN_PATTERN_SIZE = 16
 """Smallest pattern size N the network can use: its encoder pools N in log2(N) - 3 blocks down to
@@ -95,7 +98,9 @@ class PtychoDataset:
 
     Fields are stored as given (no conversion); call :func:`validate` to check them.
 
-    amplitudes: (M, N, N) float32, diffraction amplitude sqrt(counts), zero frequency centred.
+    amplitudes: (M, N, N) float32, diffraction amplitude sqrt(counts), zero frequency centred:
+                an array, or a ``ptycho.rowfile.RowFile`` that reads the patterns from their file
+                batch by batch (``load_dataset(..., by_rows=True)``); indexing either gives an array.
     xcoords:    (M,) float64, column of the probe-window centre, object pixels.
     ycoords:    (M,) float64, row of the probe-window centre, object pixels.
     probe:      (N, N) complex64.
@@ -108,7 +113,7 @@ class PtychoDataset:
                 of modes 1..K-1.
     """
 
-    amplitudes: np.ndarray
+    amplitudes: np.ndarray | RowFile
     xcoords: np.ndarray
     ycoords: np.ndarray
     probe: np.ndarray
@@ -203,7 +208,13 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
     (the file may have called them ``diff3d``).
     """
     amplitudes = dataset.amplitudes
-    _check_array(amplitudes, source, diffraction_key, ("M", "N", "N"), np.float32)
+    if isinstance(amplitudes, RowFile):  # patterns read from their file: the same checks, chunk by chunk
+        if amplitudes.ndim != 3:
+            raise _error(source, diffraction_key, f"expected a 3-D array of shape (M, N, N), found shape {amplitudes.shape}")
+        if amplitudes.dtype != np.float32:
+            raise _error(source, diffraction_key, f"expected dtype float32, found {amplitudes.dtype}")
+    else:
+        _check_array(amplitudes, source, diffraction_key, ("M", "N", "N"), np.float32)
     m, rows, cols = amplitudes.shape
     if rows != cols:
         raise _error(source, diffraction_key, f"patterns must be square (N, N), found {rows}x{cols}")
@@ -221,10 +232,7 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
             source, diffraction_key, f"holds {m} pattern(s); a scan needs at least {MIN_PATTERNS} "
             "(training fits some and validates on others)"
         )
-    _check_finite(amplitudes, source, diffraction_key, "amplitude")
-    _check_non_negative(amplitudes, source, diffraction_key, "amplitude")
-    if not amplitudes.any():
-        raise _error(source, diffraction_key, f"all {m} patterns are zero everywhere; there is nothing to reconstruct from")
+    _check_pattern_values(amplitudes, source, diffraction_key)
 
     for key, coords in (("xcoords", dataset.xcoords), ("ycoords", dataset.ycoords)):
         _check_array(coords, source, key, ("M",), np.float64)
@@ -289,6 +297,31 @@ def validate(dataset: PtychoDataset, source: str, *, diffraction_key: str = "dif
         _check_positions_inside(dataset, source)
 
 
+def _check_pattern_values(amplitudes: np.ndarray | RowFile, source: str, key: str) -> None:
+    """Finite, non-negative amplitudes, not all zero: ``_check_finite`` and ``_check_non_negative``
+    with the same messages, in one pass of chunks (a pattern file is read once, never whole)."""
+    counts = {"non-finite": 0, "negative": 0}
+    first: dict[str, tuple[tuple[int, ...], float]] = {}
+    nonzero = False
+    for start, chunk in array_chunks(amplitudes):
+        for kind, bad in (("non-finite", ~np.isfinite(chunk)), ("negative", chunk < 0)):
+            found = int(bad.sum())
+            if found and kind not in first:
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                first[kind] = ((index[0] + start, *index[1:]), float(chunk[index]))
+            counts[kind] += found
+        nonzero = nonzero or bool(chunk.any())
+    if counts["non-finite"]:
+        raise _error(
+            source, key, f"{counts['non-finite']} non-finite amplitude value(s) (NaN or inf), first at index {first['non-finite'][0]}"
+        )
+    if counts["negative"]:
+        index, value = first["negative"]
+        raise _error(source, key, f"{counts['negative']} negative amplitude value(s), first at index {index} ({value:g})")
+    if not nonzero:
+        raise _error(source, key, f"all {amplitudes.shape[0]} patterns are zero everywhere; there is nothing to reconstruct from")
+
+
 def _check_metadata(metadata: Any, source: str) -> None:
     if not isinstance(metadata, dict):
         raise _error(source, "metadata", f"expected a dict, found {type(metadata).__name__}")
@@ -326,7 +359,9 @@ def _check_positions_inside(dataset: PtychoDataset, source: str) -> None:
         )
 
 
-def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def read_npz(
+    path: str | os.PathLike[str], keys: Iterable[str] | None = None, *, by_rows: Iterable[str] = ()
+) -> dict[str, np.ndarray | RowFile]:
     """The members ``keys`` (all when None) of the NPZ at `path`, read without pickle, each
     checked before it is allocated.
 
@@ -335,6 +370,11 @@ def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) ->
     member's size, and the arrays read stay under ``MAX_NPZ_BYTES`` together, so a header that
     claims 10**9 patterns, or a zip bomb beyond the cap, is refused before memory is allocated.
     Members not asked for are checked (header only) but not read.
+
+    Members named in ``by_rows`` that are stored uncompressed in C order (as ``save_dataset``
+    writes ``diffraction``) are not read: they come back as a ``ptycho.rowfile.RowFile`` that
+    reads rows from the file on demand, after one streaming pass has checked the member's
+    CRC-32. They are not held in memory, so they do not count towards ``MAX_NPZ_BYTES``.
     """
     path = Path(path)
     source = str(path)
@@ -346,8 +386,9 @@ def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) ->
     # which is misleading for, say, a text file; say what it is instead.
     if not zipfile.is_zipfile(path):
         raise DataError(f"{source}: not a valid NPZ file (not a zip archive)")
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | RowFile] = {}
     where = f"{source}: not a valid NPZ file"
+    by_rows = set(by_rows)
     with open_zip(path, where, DataError) as archive:
         infos = checked_infos(archive, where, DataError, max_members=MAX_NPZ_MEMBERS, strict_names=False)
         for info in infos:
@@ -355,6 +396,7 @@ def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) ->
                 raise _error(source, info.filename, "is not a .npy array member of the NPZ")
         wanted = None if keys is None else set(keys)
         used = [info for info in infos if wanted is None or info.filename[: -len(".npy")] in wanted]
+        in_place = [info for info in used if info.filename[: -len(".npy")] in by_rows and info.compress_type == zipfile.ZIP_STORED]
         for info in used:
             if info.file_size > MAX_INFLATION_FREE_BYTES and info.file_size > MAX_INFLATION * max(info.compress_size, 1):
                 raise _error(
@@ -362,7 +404,7 @@ def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) ->
                     f"inflates from {info.compress_size} to {info.file_size} bytes, more than {MAX_INFLATION}-fold: a "
                     "zip bomb, or an array that is almost all one value (store it uncompressed, np.savez, if it is real)",
                 )
-        total = sum(info.file_size for info in used)
+        total = sum(info.file_size for info in used if info not in in_place)
         if total > MAX_NPZ_BYTES:
             raise DataError(
                 f"{source}: not a valid NPZ file: its arrays declare {total} bytes, more than the "
@@ -371,10 +413,35 @@ def read_npz(path: str | os.PathLike[str], keys: Iterable[str] | None = None) ->
         for info in infos:
             # Every header is checked (an object array anywhere is refused); only the arrays
             # this contract uses are read, so a large unrelated member costs nothing.
-            array = _read_npy(archive, info, source, read_data=info in used)
+            if info in in_place:
+                array = _rows_in_place(archive, info, path, source)
+            else:
+                array = _read_npy(archive, info, source, read_data=info in used)
             if array is not None:
                 arrays[info.filename[: -len(".npy")]] = array
     return arrays
+
+
+def _read_header(handle: Any, source: str, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a ``.npy`` stream, checked: no objects, no negative extent."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=_MAX_NPY_HEADER)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=_MAX_NPY_HEADER)
+    else:
+        raise _error(source, key, f"npy format version {version[0]}.{version[1]} is not read (1.0 and 2.0 are)")
+    if dtype.hasobject:
+        # An object array would be unpickled; refused before anything is read.
+        raise _error(
+            source, key, "holds pickled Python objects (an object array); pickled data is refused "
+            "because unpickling can execute code"
+        )
+    if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise _error(source, key, f"dtype {dtype} is not read; numbers and strings only")
+    if any(extent < 0 for extent in shape):
+        raise _error(source, key, f"header declares a negative extent in shape {shape}")
+    return shape, fortran_order, dtype
 
 
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, *, read_data: bool) -> np.ndarray | None:
@@ -383,24 +450,8 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, *, r
     key = info.filename[: -len(".npy")]
     try:
         with archive.open(info) as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=_MAX_NPY_HEADER)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=_MAX_NPY_HEADER)
-            else:
-                raise _error(source, key, f"npy format version {version[0]}.{version[1]} is not read (1.0 and 2.0 are)")
+            shape, fortran_order, dtype = _read_header(handle, source, key)
             header_bytes = handle.tell()
-            if dtype.hasobject:
-                # An object array would be unpickled; refused before anything is read.
-                raise _error(
-                    source, key, "holds pickled Python objects (an object array); pickled data is refused "
-                    "because unpickling can execute code"
-                )
-            if dtype.kind not in _NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-                raise _error(source, key, f"dtype {dtype} is not read; numbers and strings only")
-            if any(extent < 0 for extent in shape):
-                raise _error(source, key, f"header declares a negative extent in shape {shape}")
             nbytes = math.prod(shape) * dtype.itemsize
             if header_bytes + nbytes != info.file_size:
                 raise _error(
@@ -418,6 +469,43 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, *, r
         # zlib.error or EOFError.
         raise DataError(f"{source}: not a valid NPZ file: key '{key}': {type(exc).__name__}: {_short(str(exc), 200)}") from exc
     return array
+
+
+def _rows_in_place(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, source: str) -> np.ndarray | RowFile:
+    """A stored (uncompressed) ``.npy`` member as a ``RowFile`` on its bytes inside the zip.
+
+    The header is checked as by ``_read_npy`` and the whole member is streamed once through
+    zipfile, which checks its CRC-32 (a corrupt file is refused here, not met half-way through
+    a reconstruction). A Fortran-ordered or 0-d member is read into memory instead.
+    """
+    key = info.filename[: -len(".npy")]
+    try:
+        with archive.open(info) as handle:
+            shape, fortran_order, dtype = _read_header(handle, source, key)
+            header_bytes = handle.tell()
+            nbytes = math.prod(shape) * dtype.itemsize
+            if header_bytes + nbytes != info.file_size:
+                raise _error(
+                    source, key, f"header declares shape {_short(shape)} {dtype} ({nbytes} bytes), but the member "
+                    f"holds {info.file_size - header_bytes} bytes of data"
+                )
+            while handle.read(1 << 20):  # zipfile checks the CRC-32 at the end of the member
+                pass
+        if fortran_order or len(shape) == 0:
+            return _read_npy(archive, info, source, read_data=True)
+        # The member's data start after its local header (30 bytes, name, extra field): read
+        # from the file itself, since the local extra field may differ from the central one.
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+        # Local file header: signature, 5 x 2-byte fields, CRC, 2 sizes, name length, extra length.
+        signature, *_, name_length, extra_length = struct.unpack("<4s2B4HL2L2H", local)
+        if signature != b"PK\x03\x04":
+            raise _error(source, key, "the zip's local header of this member is missing or corrupt")
+        start = info.header_offset + 30 + name_length + extra_length
+    except (*ZIP_ERRORS, SyntaxError, RecursionError, tokenize.TokenError) as exc:
+        raise DataError(f"{source}: not a valid NPZ file: key '{key}': {type(exc).__name__}: {_short(str(exc), 200)}") from exc
+    return RowFile.open(path, start + header_bytes, shape, dtype, source=f"{source}: key '{key}'", error=DataError)
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -484,19 +572,34 @@ def _resolve_quantity(metadata: dict[str, Any], override: str | None, source: st
     return quantity
 
 
-def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None = None) -> PtychoDataset:
+def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None = None, *, by_rows: bool = False) -> PtychoDataset:
     """Read and validate the canonical NPZ at `path` (never unpickling anything).
 
     `diffraction_quantity` ("amplitude" or "intensity") overrides what the file declares in
     ``metadata["diffraction_quantity"]`` (default "amplitude"). Intensities are checked
     (finite, non-negative) and converted once to amplitudes by sqrt; legacy (N, N, M) patterns
     are transposed to (M, N, N). Both conversions are recorded in ``metadata``.
+
+    `by_rows`: leave the patterns in the file and read them batch by batch (the dataset's
+    ``amplitudes`` is then a ``ptycho.rowfile.RowFile``), so that memory does not grow with the
+    number of patterns. This needs ``diffraction`` stored uncompressed as float32 (M, N, N)
+    amplitudes, which is how ``save_dataset`` (the ``prepare`` stage) writes it; any other file
+    is read into memory, with an ``InputWarning`` that says why.
     """
     path = Path(path)
     source = str(path)
-    arrays = read_npz(path, _KEYS)
+    arrays = read_npz(path, _KEYS, by_rows=("diffraction",) if by_rows else ())
     metadata = parse_metadata(arrays, source)
     diff_key = _diffraction_key(arrays, source)
+    patterns = arrays[diff_key]
+    if by_rows:
+        reason = _not_by_rows(patterns, path, arrays, metadata, diffraction_quantity)
+        if reason:
+            warnings.warn(f"{source}: key '{diff_key}': {reason}; the patterns are read into memory", InputWarning, stacklevel=2)
+            if isinstance(patterns, RowFile):
+                arrays[diff_key] = np.asarray(patterns)
+        else:
+            return _dataset_by_rows(patterns, arrays, metadata, source)
     for key in _REQUIRED_KEYS:
         if key not in arrays:
             raise _error(source, key, "missing")
@@ -533,11 +636,7 @@ def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None 
     obj = None
     if "objectGuess" in arrays:
         obj = cast(arrays["objectGuess"], source, "objectGuess", np.complex64)
-    mask = None
-    if "mask" in arrays:
-        mask = arrays["mask"]
-        if mask.dtype != np.bool_:
-            raise _error(source, "mask", f"expected dtype bool (True = valid pixel), found {mask.dtype}")
+    mask = _mask(arrays, source)
     probe_modes = None
     if "probe_modes" in arrays:
         probe_modes = cast(arrays["probe_modes"], source, "probe_modes", np.complex64)
@@ -557,12 +656,63 @@ def load_dataset(path: str | os.PathLike[str], diffraction_quantity: str | None 
     return dataset
 
 
+def _not_by_rows(
+    patterns: np.ndarray | RowFile, path: Path, arrays: dict[str, Any], metadata: dict[str, Any], quantity: str | None
+) -> str:
+    """Why the patterns of this file cannot be read by rows ("" when they can)."""
+    if not isinstance(patterns, RowFile):
+        return "not stored uncompressed in C order (prepare writes it so; re-run prepare, or save_dataset the data)"
+    if "diff3d" in arrays:
+        return "the file also holds 'diff3d'"
+    if patterns.dtype != np.float32 or patterns.ndim != 3:
+        return f"{patterns.dtype} {patterns.shape} instead of float32 (M, N, N)"
+    if _resolve_quantity(metadata, quantity, str(path)) != "amplitude":
+        return "holds intensities, which are converted to amplitudes in memory"
+    if patterns.shape[1] != patterns.shape[2]:  # legacy (N, N, M) order, or not patterns at all
+        return f"shape {patterns.shape} is not (M, N, N)"
+    return ""
+
+
+def _dataset_by_rows(patterns: RowFile, arrays: dict[str, Any], metadata: dict[str, Any], source: str) -> PtychoDataset:
+    """The dataset of a canonical file whose float32 amplitudes stay in the file (``load_dataset``)."""
+    for key in _REQUIRED_KEYS:
+        if key not in arrays:
+            raise _error(source, key, "missing")
+    if "diffraction_quantity" in metadata:
+        metadata["diffraction_quantity"] = "amplitude"
+    dataset = PtychoDataset(
+        amplitudes=patterns,
+        xcoords=cast(arrays["xcoords"], source, "xcoords", np.float64),
+        ycoords=cast(arrays["ycoords"], source, "ycoords", np.float64),
+        probe=cast(arrays["probeGuess"], source, "probeGuess", np.complex64),
+        object=cast(arrays["objectGuess"], source, "objectGuess", np.complex64) if "objectGuess" in arrays else None,
+        scan_index=cast(arrays["scan_index"], source, "scan_index", np.int64) if "scan_index" in arrays else np.arange(patterns.shape[0], dtype=np.int64),
+        metadata=metadata,
+        mask=_mask(arrays, source),
+        probe_modes=cast(arrays["probe_modes"], source, "probe_modes", np.complex64) if "probe_modes" in arrays else None,
+    )
+    validate(dataset, source)
+    return dataset
+
+
+def _mask(arrays: dict[str, Any], source: str) -> np.ndarray | None:
+    if "mask" not in arrays:
+        return None
+    mask = arrays["mask"]
+    if mask.dtype != np.bool_:
+        raise _error(source, "mask", f"expected dtype bool (True = valid pixel), found {mask.dtype}")
+    return mask
+
+
 def save_dataset(dataset: PtychoDataset, path: str | os.PathLike[str]) -> None:
     """Validate `dataset`, then write it atomically as the canonical NPZ at exactly `path`.
 
-    The file is compressed with fixed zip time stamps (identical data give identical bytes)
-    and written atomically (``ptycho.files``), so a crash never leaves a partial file at
-    `path`. Parent folders are created. Nothing is written when validation fails.
+    ``diffraction`` is stored uncompressed, so that the stages that follow can read it batch by
+    batch from the file (``load_dataset(..., by_rows=True)``); the other keys are deflated. The
+    zip has fixed time stamps (identical data give identical bytes) and is written atomically
+    (``ptycho.files``) chunk by chunk, so a crash never leaves a partial file at `path` and
+    patterns that are themselves read by rows are never held whole. Parent folders are created.
+    Nothing is written when validation fails.
     """
     path = Path(path)
     validate(dataset, str(path))
@@ -582,4 +732,4 @@ def save_dataset(dataset: PtychoDataset, path: str | os.PathLike[str]) -> None:
     if dataset.probe_modes is not None:
         arrays["probe_modes"] = dataset.probe_modes
 
-    write_npz(path, arrays)
+    write_npz(path, arrays, stored=("diffraction",))

@@ -7,18 +7,28 @@ or every downstream stage re-runs for nothing.
 from __future__ import annotations
 
 import io
+import math
 import os
 import uuid
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
+
+from ptycho.rowfile import RowFile, array_chunks
 
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
 
-def write_atomically(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the destination folder, fsync, then rename over ``path``."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at ``path`` only when the block ends without error.
+
+    It is a temp file in the destination folder, flushed and fsynced, then renamed over ``path``;
+    on an error it is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -26,7 +36,7 @@ def write_atomically(path: str | Path, data: bytes) -> None:
         # 0o666 minus the umask, like an ordinary file (mkstemp would leave it 0600).
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -35,30 +45,71 @@ def write_atomically(path: str | Path, data: bytes) -> None:
         raise
 
 
-def zip_member(name: str) -> zipfile.ZipInfo:
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temp file in the destination folder, fsync, then rename over ``path``."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+def zip_member(name: str, compressed: bool = True) -> zipfile.ZipInfo:
     """A zip entry with a fixed time stamp and permissions, so equal content gives equal bytes."""
     info = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
     info.external_attr = 0o100644 << 16  # regular file, rw-r--r--
     info.create_system = 3  # unix
     return info
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """The bytes of an NPZ (as np.savez_compressed writes it, readable by np.load) with fixed times.
-
-    Arrays are written in the given order with ``allow_pickle=False``, so an object array fails
-    here instead of being pickled into the file.
-    """
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The .npy header of a C-ordered array (format 1.0, or 2.0 when the header needs it)."""
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be saved when allow_pickle=False")
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-            archive.writestr(zip_member(f"{name}.npy"), member.getvalue(), compresslevel=6)
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # header longer than format 1.0 allows
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, header)
     return buffer.getvalue()
 
 
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays as a compressed, byte-deterministic NPZ, atomically."""
-    write_atomically(path, npz_bytes(arrays))
+def write_npz_to(handle: BinaryIO, arrays: dict[str, Any], stored: Iterable[str] = ()) -> None:
+    """Write arrays as an NPZ (readable by np.load, no pickle) into an open, seekable binary file.
+
+    Members are written in the given order with fixed times, chunk by chunk (at most
+    ``rowfile.CHUNK_BYTES`` of an array in memory at a time, beyond the array itself), so an
+    array may also be a ``ptycho.rowfile.RowFile`` that is never read whole. Members named in
+    ``stored`` are written uncompressed, so that readers can read their rows in place
+    (``ptycho.data.load_dataset(..., by_rows=True)``); the others are deflated (level 6).
+    Equal arrays give equal bytes.
+    """
+    stored = set(stored)
+    with zipfile.ZipFile(handle, "w") as archive:
+        for name, array in arrays.items():
+            if not isinstance(array, RowFile):
+                array = np.asanyarray(array)
+            dtype = np.dtype(array.dtype)
+            header = _npy_header(tuple(array.shape), dtype)
+            info = zip_member(f"{name}.npy", compressed=name not in stored)
+            info.file_size = len(header) + math.prod(array.shape) * dtype.itemsize  # zip64 chosen up front when needed
+            with archive.open(info, "w") as member:
+                member.write(header)
+                if array.ndim == 0:
+                    member.write(np.ascontiguousarray(array).tobytes())
+                    continue
+                for _, chunk in array_chunks(array):
+                    member.write(np.ascontiguousarray(chunk).data)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray], stored: Iterable[str] = ()) -> bytes:
+    """The bytes of an NPZ (``write_npz_to``), for small arrays."""
+    buffer = io.BytesIO()
+    write_npz_to(buffer, arrays, stored)
+    return buffer.getvalue()
+
+
+def write_npz(path: str | Path, arrays: dict[str, Any], stored: Iterable[str] = ()) -> None:
+    """Write arrays as a byte-deterministic NPZ, atomically and chunk by chunk (``write_npz_to``)."""
+    with atomic_file(path) as handle:
+        write_npz_to(handle, arrays, stored)

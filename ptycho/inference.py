@@ -1,12 +1,30 @@
 """Network inference on a whole scan: batched prediction, phase synchronisation, stitching.
 
-The scan is predicted batch by batch; the placed patches (cropped to the weighted window) are
-kept until their phases are synchronised, then summed into the stitching canvas.
+Three passes, so that memory does not grow with the number of positions:
+
+1. predict the groups batch by batch (patterns read from their file when the dataset reads
+   them by rows), place the patches on the canvas grid, sum their weights into the canvas
+   and keep their weighted values: in memory when they fit in ``max_patch_bytes``, else in a
+   scratch file (``ptycho.rowfile.ScratchRows``, in ``TMPDIR`` unless told otherwise);
+2. find every patch's phase offset by angular synchronisation, reading the values window by
+   window (``ptycho.synchronisation.synchronise``, windows of ``WINDOW_BOXES`` patches);
+3. read the values back in windows of the same size and sum them, rotated by their phases,
+   into the canvas.
+
+Groups are processed in a spatial order (``ptycho.synchronisation.spatial_order``), so that
+a window of neighbouring patches is a narrow band of the scan. Where the patches are kept
+changes nothing in the result, bit for bit: the windows do not depend on it, and the sums run
+in the same order.
+What does grow with the scan: the canvas (12 bytes per object pixel), the group indices and
+positions, and the synchronisation's eigenproblem (about 100 bytes per overlapping pair of
+patches).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +36,13 @@ from ptycho.data import PtychoDataset
 from ptycho.errors import BundleError, DataError
 from ptycho.grouping import Groups, grouped_tensors, make_groups
 from ptycho.reconstruction import Reconstruction
+from ptycho.rowfile import ScratchRows
 from ptycho.stitching import Stitcher, canvas_frame
-from ptycho.synchronisation import patch_phases
+from ptycho import synchronisation
+
+MAX_PATCH_BYTES = 64 << 20
+"""Placed patch values kept in memory (64 MiB: 7,000 patches of 34 x 34); a scan with more keeps
+them in a scratch file and reads them back one window (``synchronisation.WINDOW_BOXES`` patches) at a time."""
 
 
 def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
@@ -30,11 +53,11 @@ def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
         raise BundleError(f"{path}: member 'config.json' lacks model.n_neighbours, needed to group positions ({error})") from error
 
 
-def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, batch_size: int):
-    """Yield (patches (B*C, N, N), x (B*C,), y (B*C,)) for consecutive batches of groups."""
+def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndarray, batch_size: int):
+    """Yield (patches (B*C, N, N), x (B*C,), y (B*C,)) for consecutive batches of the groups ``order``."""
     size = bundle.architecture.N
-    for start in range(0, groups.n_groups, batch_size):
-        chosen = np.arange(start, min(start + batch_size, groups.n_groups))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
         indices = groups.indices[chosen]
         amplitudes, offsets = grouped_tensors(data.amplitudes, groups, chosen)
         patches = bundle.diffraction_to_obj(amplitudes, offsets).reshape(-1, size, size)
@@ -45,7 +68,36 @@ def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, batch_size: in
         )
 
 
-def reconstruct(bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle_path: str | Path) -> Reconstruction:
+class _PlacedValues:
+    """The weighted values (P, h, w) complex64 of placed patches: in memory, or in a scratch file."""
+
+    def __init__(self, count: int, box: tuple[int, int], in_memory: bool, folder: str | os.PathLike[str] | None):
+        self.box = box
+        self.memory = np.empty((count, *box), dtype=np.complex64) if in_memory else None
+        self.scratch = None if in_memory else ScratchRows(box, np.complex64, folder=folder)
+        self.count = 0
+
+    def append(self, values: torch.Tensor) -> None:
+        if self.memory is not None:
+            self.memory[self.count : self.count + len(values)] = values.numpy()
+        else:
+            self.scratch.append(values.numpy())
+        self.count += len(values)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self.memory is not None:
+            return torch.from_numpy(self.memory[start:stop])
+        return torch.from_numpy(self.scratch.rows().read(start, stop))
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            self.scratch.close()
+
+
+def reconstruct(
+    bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle_path: str | Path, *,
+    max_patch_bytes: int | None = None, scratch_folder: str | os.PathLike[str] | None = None,
+) -> Reconstruction:
     """Predict object patches for every group of the scan and stitch them into one object.
 
     - Each predicted pixel counts with the probe intensity that lit it (as in ePIE's object
@@ -55,6 +107,10 @@ def reconstruct(bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle
       come with arbitrary phase offsets; with ``config.phase_sync`` "angular" they are found
       all at once by angular synchronisation (``ptycho.synchronisation``) before stitching.
     - For gridsize > 1 each position appears in several groups; all predictions are averaged.
+    - Memory (module docstring): placed patches beyond ``max_patch_bytes`` (default
+      ``MAX_PATCH_BYTES``) go to a scratch file
+      in ``scratch_folder`` (default: ``TMPDIR``), read back a window at a time. The result is
+      the same, bit for bit.
     """
     size = bundle.architecture.N
     if data.pattern_size != size:
@@ -62,23 +118,31 @@ def reconstruct(bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle
     gridsize = bundle.architecture.gridsize
     n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 else 1
     groups = make_groups(data.xcoords, data.ycoords, gridsize, n_neighbours, np.random.default_rng(config.seed))
+    order = synchronisation.spatial_order(groups.centres_xy)
     origin, shape = canvas_frame(data.xcoords, data.ycoords, size)
     illumination = torch.from_numpy(np.abs(bundle.probe).astype(np.float32)) ** 2
     stitcher = Stitcher(origin, shape, bundle.diffraction_to_obj.support * illumination / illumination.max())
+    count = groups.n_groups * bundle.architecture.channels
+    patch_bytes = math.prod(stitcher.box) * np.dtype(np.complex64).itemsize
+    max_patch_bytes = MAX_PATCH_BYTES if max_patch_bytes is None else max_patch_bytes
+    values = _PlacedValues(count, stitcher.box, in_memory=count * patch_bytes <= max_patch_bytes, folder=scratch_folder)
+    corners = np.empty((count, 2), dtype=np.int64)
     bundle.diffraction_to_obj.eval()
-    placed = []
-    with torch.inference_mode():
-        for patches, xcoords, ycoords in _batches(bundle, data, groups, config.batch_size):
-            placed.append(stitcher.place(patches, xcoords, ycoords))
-        phases = None
-        if config.phase_sync is PhaseSync.ANGULAR:
-            values = torch.cat([part.values for part in placed])
-            corners = np.concatenate([part.corners for part in placed])
-            phases = torch.from_numpy(patch_phases(values, corners)).to(torch.float32)
-        start = 0
-        for part in placed:
-            count = part.values.shape[0]
-            stitcher.add(part, None if phases is None else phases[start : start + count])
-            start += count
+    try:
+        with torch.inference_mode():
+            for patches, xcoords, ycoords in _batches(bundle, data, groups, order, config.batch_size):
+                placed = stitcher.place(patches, xcoords, ycoords)
+                corners[values.count : values.count + len(placed.corners)] = placed.corners
+                stitcher.add_weights(placed)
+                values.append(placed.values)
+            phases = None
+            if config.phase_sync is PhaseSync.ANGULAR:
+                phases = torch.from_numpy(synchronisation.synchronise(values.read, corners, stitcher.box)).to(torch.float32)
+            window = synchronisation.WINDOW_BOXES
+            for start in range(0, count, window):
+                stop = min(start + window, count)
+                stitcher.add_values(values.read(start, stop), corners[start:stop], None if phases is None else phases[start:stop])
+    finally:
+        values.close()
     obj, coverage = stitcher.result()
     return Reconstruction(obj, origin, coverage, method="pinn", probe=bundle.probe)

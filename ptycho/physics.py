@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ptycho.rowfile import RowFile, array_chunks
+
 
 def _sample_bilinear(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of images (B, H, W) at pixel coordinates rows, cols (B, h, w); zero outside.
@@ -191,7 +193,16 @@ def amplitude_mae(
     return _masked_mean((predicted_amplitude - measured_amplitude).abs(), mask)
 
 
-def calibrate_probe(probe: np.ndarray, amplitudes: np.ndarray) -> tuple[np.ndarray, float]:
+def pattern_totals(amplitudes: np.ndarray | RowFile) -> np.ndarray:
+    """Total counts sum(A**2) of each pattern (M,) float64, from amplitudes (M, N, N) chunk by chunk
+    (an array, or patterns read from their file: ``ptycho.rowfile.RowFile``, never read whole)."""
+    totals = np.empty(amplitudes.shape[0], dtype=np.float64)
+    for start, chunk in array_chunks(amplitudes):
+        totals[start : start + len(chunk)] = np.sum(np.asarray(chunk, dtype=np.float64) ** 2, axis=(-2, -1))
+    return totals
+
+
+def calibrate_probe(probe: np.ndarray, amplitudes: np.ndarray | RowFile) -> tuple[np.ndarray, float]:
     """(unit probe, scale s): a probe in any units as P / ||P|| and the factor that puts it in sqrt(counts).
 
     Parseval: sum(A**2) = sum(|s P_unit O|**2) for each pattern (unitary FFT), so with |O| = 1
@@ -203,7 +214,7 @@ def calibrate_probe(probe: np.ndarray, amplitudes: np.ndarray) -> tuple[np.ndarr
     """
     probe64 = np.asarray(probe, dtype=np.complex128)
     power = float(np.sum(np.abs(probe64) ** 2))
-    counts = float(np.mean(np.sum(np.asarray(amplitudes, dtype=np.float64) ** 2, axis=(-2, -1))))
+    counts = float(np.mean(pattern_totals(amplitudes)))
     if not (counts > 0 and power > 0 and math.isfinite(counts) and math.isfinite(power)):
         raise ValueError(f"cannot calibrate the probe: mean counts per pattern {counts}, probe power {power}")
     return (probe64 / math.sqrt(power)).astype(np.complex64), math.sqrt(counts)

@@ -8,7 +8,8 @@ with bilinear weights, the transpose of the bilinear sampling in ``physics.extra
 Two steps, so that phase synchronisation can look at every placed patch before anything is
 summed: ``place`` puts patches on the integer canvas grid (boxes around the weighted support,
 with their top-left canvas pixel), ``add`` sums placed boxes (optionally rotated by a phase)
-into the canvas.
+into the canvas; ``add_weights`` and ``add_values`` do its two halves separately (inference
+sums the weights while it predicts and the values once the phases are known).
 """
 
 from __future__ import annotations
@@ -80,16 +81,29 @@ class Stitcher:
 
     def add(self, placed: Placed, phases: torch.Tensor | None = None) -> None:
         """Sum placed patches into the canvas, each multiplied by exp(-1j phases) (P,) if given."""
+        self.add_weights(placed)
+        self.add_values(placed.values, placed.corners, phases)
+
+    def _flat_index(self, corners: np.ndarray) -> torch.Tensor:
+        """Flat canvas indices (P * h * w,) of the boxes with top-left pixels ``corners`` (P, 2)."""
         height, width = self.box
-        corners = torch.from_numpy(placed.corners)
+        corners = torch.from_numpy(np.ascontiguousarray(corners))
         flat = (corners[:, 0].view(-1, 1, 1) + torch.arange(height).view(1, -1, 1)) * self.shape[1] + (
             corners[:, 1].view(-1, 1, 1) + torch.arange(width).view(1, 1, -1)
         )
-        values = placed.values
+        return flat.reshape(-1)
+
+    def add_weights(self, placed: Placed) -> None:
+        """Sum the weights of placed patches into the denominator (it does not depend on their phases)."""
+        self.denominator.index_add_(0, self._flat_index(placed.corners), placed.weights.reshape(-1))
+
+    def add_values(self, values: torch.Tensor, corners: np.ndarray, phases: torch.Tensor | None = None) -> None:
+        """Sum weighted patch values (P, h, w) at ``corners`` (P, 2) into the numerator, each
+        multiplied by exp(-1j phases) (P,) if given. Sums run in the order of the patches, so
+        the same patches added in one call or in several give the same canvas, bit for bit."""
         if phases is not None:
             values = values * torch.polar(torch.ones_like(phases), -phases).to(torch.complex64).view(-1, 1, 1)
-        self.numerator.index_add_(0, flat.reshape(-1), values.reshape(-1))
-        self.denominator.index_add_(0, flat.reshape(-1), placed.weights.reshape(-1))
+        self.numerator.index_add_(0, self._flat_index(corners), values.reshape(-1))
 
     def result(self, min_weight: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """(object (H, W) complex64, coverage (H, W) float32): weighted mean, zero where uncovered."""

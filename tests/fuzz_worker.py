@@ -12,13 +12,14 @@ import resource
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from fuzzing import MARKER
 from ptycho.data import load_dataset
-from ptycho.errors import BundleError, DataError
+from ptycho.errors import BundleError, DataError, InputWarning
 
 # A runaway allocation must end as a MemoryError here, not as the machine's OOM killer.
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
@@ -49,10 +50,24 @@ def check_bundle(path: Path) -> tuple[str, str]:
 
 
 def check_npz(path: Path) -> tuple[str, str]:
-    dataset = load_dataset(path)
+    """Loads in memory, then by rows (``by_rows=True``, the patterns read from the file): both
+    must refuse the same files, and give the same patterns when they load."""
+    try:
+        dataset = load_dataset(path)
+    except DataError:
+        load_by_rows(path)  # must be refused too: its DataError makes the outcome "refused"
+        return "bad-value", "read by rows, a file that is refused in memory was loaded"
     if dataset.n_patterns < 2 or dataset.pattern_size < 16 or not np.any(dataset.amplitudes) or not np.any(dataset.probe):
         return "bad-value", "a degenerate dataset was accepted"
+    if not np.array_equal(np.asarray(load_by_rows(path).amplitudes), dataset.amplitudes):
+        return "bad-value", "the patterns read by rows differ from those read in memory"
     return "loaded", ""
+
+
+def load_by_rows(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)  # a compressed file is read into memory, with a warning
+        return load_dataset(path, by_rows=True)
 
 
 def self_test(path: Path) -> None:

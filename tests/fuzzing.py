@@ -669,6 +669,22 @@ def npz_mutants(rng: np.random.Generator, n_random: int) -> list[tuple[str, byte
         for position in rng.integers(0, min(128, len(data)), rng.integers(1, 5)):  # the npy header
             data[position] = int(rng.integers(32, 127))
         mutants.append(("npy-header-byte-flip", with_member(name, bytes(data))))
+
+    # the patterns stored uncompressed, as save_dataset writes them (load_dataset(by_rows=True) reads them in place)
+    raw = members["diffraction.npy"]
+    stored = {"data": raw, "method": 0, "crc": zlib.crc32(raw), "size": len(raw), "csize": len(raw)}
+    base_stored = zip_members(members, **{"diffraction.npy": stored})
+    mutants.append(("npz-stored", base_stored))
+    for size in (0, 100, len(raw) - 4, len(raw) + 4, 1 << 30):
+        mutants.append(("npz-stored-declared-size", zip_members(members, **{"diffraction.npy": {**stored, "size": size}})))
+        mutants.append(("npz-stored-declared-size", zip_members(members, **{"diffraction.npy": {**stored, "size": size, "csize": size}})))
+    data_start = base_stored.index(raw) + len(_npy(np.zeros((6, 16, 16), np.float32))) - diffraction.nbytes
+    for _ in range(n_random):
+        data = bytearray(base_stored)
+        for position in rng.integers(data_start, data_start + diffraction.nbytes, rng.integers(1, 5)):
+            data[position] ^= int(rng.integers(1, 256))
+        mutants.append(("npz-stored-data-flip", bytes(data)))
+        mutants.append(("npz-stored-truncated", base_stored[: int(rng.integers(0, len(base_stored)))]))
     return mutants
 
 

@@ -339,3 +339,19 @@ def test_the_reconstruction_carries_the_probe_it_used(scan, rpie_sequential):
     np.testing.assert_allclose(reconstruction.probe, unit * scale, rtol=1e-6)
     refined, _ = run(scan, algorithm="rpie", iterations=2, batch_size=16, update_probe=True, seed=3)
     assert refined.probe.shape == scan.probe.shape and not np.array_equal(refined.probe, scan.probe)
+
+
+@pytest.mark.parametrize("update_probe", [False, True])
+def test_patterns_read_by_rows_give_the_same_reconstruction(scan, tmp_path, update_probe):
+    """The stage reads the patterns batch by batch from the file: same object, probe and errors, bit for bit."""
+    from ptycho.data import load_dataset, save_dataset
+    from ptycho.rowfile import RowFile
+
+    save_dataset(scan, tmp_path / "test.npz")
+    by_rows = load_dataset(tmp_path / "test.npz", by_rows=True)
+    assert isinstance(by_rows.amplitudes, RowFile)
+    settings = dict(algorithm="rpie", iterations=3, batch_size=16, update_probe=update_probe)
+    (first, first_errors), (second, second_errors) = run(scan, **settings), run(by_rows, **settings)
+    assert first_errors == second_errors
+    for key in ("object", "coverage", "probe"):
+        assert np.array_equal(getattr(first, key), getattr(second, key)), key

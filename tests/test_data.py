@@ -502,3 +502,115 @@ def test_degenerate_data_are_refused_at_validation(tmp_path, change, key, words)
     with pytest.raises(DataError, match=f"key '{key}'"):  # and nothing is written
         save_dataset(dataset, tmp_path / "scan.npz")
     assert not (tmp_path / "scan.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Patterns read by rows from the file (load_dataset(..., by_rows=True))
+
+
+def test_save_dataset_stores_the_patterns_uncompressed_and_the_rest_deflated(tmp_path):
+    import zipfile
+
+    path = tmp_path / "scan.npz"
+    save_dataset(make_dataset(), path)
+    with zipfile.ZipFile(path) as archive:
+        methods = {info.filename: info.compress_type for info in archive.infolist()}
+    assert methods.pop("diffraction.npy") == zipfile.ZIP_STORED
+    assert set(methods.values()) == {zipfile.ZIP_DEFLATED}
+
+
+def test_a_dataset_read_by_rows_equals_the_one_in_memory(tmp_path):
+    from ptycho.rowfile import RowFile
+
+    path = tmp_path / "scan.npz"
+    save_dataset(make_dataset(), path)
+    in_memory, by_rows = load_dataset(path), load_dataset(path, by_rows=True)
+    assert isinstance(by_rows.amplitudes, RowFile) and isinstance(in_memory.amplitudes, np.ndarray)
+    assert_same(in_memory, replace(by_rows, amplitudes=np.asarray(by_rows.amplitudes)))
+    np.testing.assert_array_equal(by_rows.amplitudes[[5, 0, 0]], in_memory.amplitudes[[5, 0, 0]])
+    assert by_rows.metadata == in_memory.metadata
+    assert isinstance(by_rows.subset([1, 2]).amplitudes, np.ndarray)
+    # written again without ever holding the patterns: the same bytes
+    save_dataset(by_rows, tmp_path / "again.npz")
+    assert (tmp_path / "again.npz").read_bytes() == path.read_bytes()
+
+
+def test_a_compressed_file_is_read_into_memory_with_a_warning(tmp_path):
+    from ptycho.errors import InputWarning
+
+    path = tmp_path / "scan.npz"
+    np.savez_compressed(path, **canonical_arrays())
+    with pytest.warns(InputWarning, match="key 'diffraction': not stored uncompressed.*read into memory"):
+        dataset = load_dataset(path, by_rows=True)
+    assert isinstance(dataset.amplitudes, np.ndarray)
+    assert_same(dataset, load_dataset(path))
+
+
+def test_intensities_and_legacy_order_are_converted_in_memory_when_read_by_rows(tmp_path):
+    from ptycho.errors import InputWarning
+
+    arrays = canonical_arrays()
+    arrays["diffraction"] = arrays["diffraction"] ** 2
+    arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity"}))
+    with pytest.warns(InputWarning, match="holds intensities"):
+        converted = load_dataset(write_npz(tmp_path / "i.npz", arrays), by_rows=True)
+    np.testing.assert_allclose(converted.amplitudes, make_dataset().amplitudes, rtol=1e-6)
+    arrays = canonical_arrays()
+    arrays["diffraction"] = np.ascontiguousarray(np.transpose(arrays["diffraction"], (1, 2, 0)))
+    with pytest.warns(InputWarning, match=r"shape \(16, 16, 6\) is not \(M, N, N\)"):
+        legacy = load_dataset(write_npz(tmp_path / "nnm.npz", arrays), by_rows=True)
+    np.testing.assert_array_equal(legacy.amplitudes, make_dataset().amplitudes)
+
+
+def test_patterns_read_by_rows_are_checked_like_those_in_memory(tmp_path, monkeypatch):
+    from ptycho import rowfile
+
+    monkeypatch.setattr(rowfile, "CHUNK_BYTES", N * N * 4)  # one pattern per chunk: the first bad value is in a later chunk
+    arrays = canonical_arrays()
+    arrays["diffraction"] = arrays["diffraction"].copy()
+    arrays["diffraction"][3, 2, 1] = np.nan
+    arrays["diffraction"][4, 0, 0] = np.inf
+    path = write_npz(tmp_path / "nan.npz", arrays)
+    with pytest.raises(DataError) as by_rows:
+        load_dataset(path, by_rows=True)
+    with pytest.raises(DataError) as in_memory:
+        load_dataset(path)
+    assert str(by_rows.value) == str(in_memory.value) == f"{path}: key 'diffraction': 2 non-finite amplitude value(s) (NaN or inf), first at index (3, 2, 1)"
+    arrays["diffraction"] = canonical_arrays()["diffraction"].copy()
+    arrays["diffraction"][5, 1, 1] = -0.5
+    with pytest.raises(DataError, match=r"1 negative amplitude value\(s\), first at index \(5, 1, 1\) \(-0.5\)"):
+        load_dataset(write_npz(tmp_path / "neg.npz", arrays), by_rows=True)
+
+
+def test_a_corrupt_stored_pattern_is_refused_on_opening(tmp_path):
+    path = tmp_path / "scan.npz"
+    save_dataset(make_dataset(), path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"diffraction.npy") + 200] ^= 0x01  # one bit inside the patterns
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="key 'diffraction': BadZipFile: Bad CRC-32"):
+        load_dataset(path, by_rows=True)
+
+
+def test_checking_and_writing_patterns_read_by_rows_holds_one_chunk_not_the_scan(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from ptycho import physics, rowfile
+
+    big = replace(make_dataset(with_object=False), amplitudes=np.random.default_rng(1).random((4000, 32, 32), dtype=np.float32))
+    big = replace(big, xcoords=np.linspace(20, 60, 4000), ycoords=np.linspace(20, 60, 4000), probe=np.ones((32, 32), np.complex64),
+                  scan_index=np.arange(4000))
+    path = tmp_path / "big.npz"
+    save_dataset(big, path)  # 16 MB of patterns
+    monkeypatch.setattr(rowfile, "CHUNK_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        dataset = load_dataset(path, by_rows=True)  # validates every pattern
+        totals = physics.pattern_totals(dataset.amplitudes)
+        save_dataset(dataset, tmp_path / "again.npz")  # validates and writes chunk by chunk
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB while checking and writing 16 MiB of patterns"
+    np.testing.assert_array_equal(totals, physics.pattern_totals(big.amplitudes))
+    assert (tmp_path / "again.npz").read_bytes() == path.read_bytes()

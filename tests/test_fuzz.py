@@ -31,7 +31,7 @@ MUST_REFUSE = {
     "h5-architecture", "h5-intensity-scale", "h5-probe", "h5-structure", "h5-truncated", "zip-bomb", "zip-method",
     "zip-member-renamed", "zip-member-duplicated", "zip-truncated", "manifest-text",
     "npz-degenerate", "npz-nonfinite-or-negative", "npy-header-shape", "npz-zip-method", "npz-truncated",
-    "npz-member-duplicated", "npz-declared-size",
+    "npz-member-duplicated", "npz-declared-size", "npz-stored-data-flip", "npz-stored-truncated",
 }
 
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ptycho import inference, workflows
 from ptycho.bundle import Bundle
@@ -12,6 +13,7 @@ from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import DataError
 from ptycho.model import Architecture, build_models
 from ptycho.reconstruction import load_reconstruction
+from ptycho.rowfile import ScratchRows
 from ptycho.stitching import canvas_frame
 
 
@@ -55,21 +57,56 @@ def test_pattern_size_mismatch_is_a_clear_error(evaluated_run, tmp_path, small_i
     assert not (tmp_path / "r.npz").exists()
 
 
-@pytest.mark.parametrize("gridsize", [1, 2])
-def test_large_scan_is_predicted_in_bounded_batches(gridsize, monkeypatch):
-    # 3000 positions: the model sees one batch at a time, exactly once per group; what grows
-    # with the scan is the canvas and the placed (window-cropped) patches kept for phase sync.
-    size, batch_size = 32, 64
+def random_scan_and_bundle(count: int, gridsize: int, size: int = 32, extent: tuple[float, float] = (400, 400)):
+    """A scan of random amplitudes at random positions and an untrained model (for memory, order and equality checks)."""
     rng = np.random.default_rng(0)
-    count = 3000
-    xcoords, ycoords = rng.uniform(20, 400, count), rng.uniform(20, 400, count)
+    xcoords, ycoords = rng.uniform(20, extent[0], count), rng.uniform(20, extent[1], count)
     data = PtychoDataset(rng.random((count, size, size), dtype=np.float32), xcoords, ycoords, np.ones((size, size), np.complex64), None, np.arange(count), {})
     architecture = Architecture(size, gridsize, 0.125)
+    torch.manual_seed(0)
     autoencoder, diffraction_to_obj = build_models(architecture, data.probe, 1.0)
     bundle = Bundle(autoencoder, diffraction_to_obj, architecture, 1.0, 1.0, data.probe, {}, {"config.json": b'{"model": {"n_neighbours": 7}}'})
+    return data, bundle
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_large_scan_is_predicted_in_bounded_batches(gridsize, monkeypatch):
+    # 3000 positions: the model sees one batch at a time, exactly once per group.
+    batch_size = 64
+    data, bundle = random_scan_and_bundle(3000, gridsize)
     seen_model = []
-    forward = type(diffraction_to_obj).forward
-    monkeypatch.setattr(type(diffraction_to_obj), "forward", lambda self, a, o: seen_model.append(a.shape[0]) or forward(self, a, o))
+    forward = type(bundle.diffraction_to_obj).forward
+    monkeypatch.setattr(type(bundle.diffraction_to_obj), "forward", lambda self, a, o: seen_model.append(a.shape[0]) or forward(self, a, o))
     reconstruction = inference.reconstruct(bundle, data, InferConfig(batch_size=batch_size), "bundle")
-    assert max(seen_model) <= batch_size and sum(seen_model) == count
-    assert reconstruction.object.shape == canvas_frame(xcoords, ycoords, size)[1]
+    assert max(seen_model) <= batch_size and sum(seen_model) == 3000
+    assert reconstruction.object.shape == canvas_frame(data.xcoords, data.ycoords, 32)[1]
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_patches_kept_in_a_scratch_file_give_the_same_reconstruction_bit_for_bit(gridsize, monkeypatch, tmp_path):
+    import ptycho.synchronisation
+
+    monkeypatch.setattr(ptycho.synchronisation, "WINDOW_BOXES", 100)  # several windows, in both runs
+    data, bundle = random_scan_and_bundle(500, gridsize, extent=(300, 160))
+    in_memory = inference.reconstruct(bundle, data, InferConfig(batch_size=32), "bundle")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    opened = []
+    monkeypatch.setattr(inference, "ScratchRows", lambda *a, **k: opened.append(k["folder"]) or ScratchRows(*a, **k))
+    on_disk = inference.reconstruct(bundle, data, InferConfig(batch_size=32), "bundle", max_patch_bytes=0, scratch_folder=scratch)
+    assert opened == [scratch] and list(scratch.iterdir()) == []  # a scratch file was used, and nothing is left behind
+    assert np.array_equal(on_disk.object, in_memory.object) and np.array_equal(on_disk.coverage, in_memory.coverage)
+    assert on_disk.origin == in_memory.origin
+
+
+def test_patterns_read_by_rows_give_the_same_reconstruction(tmp_path):
+    from ptycho.data import save_dataset
+    from ptycho.rowfile import RowFile
+
+    data, bundle = random_scan_and_bundle(300, 1, extent=(200, 200))
+    save_dataset(data, tmp_path / "scan.npz")
+    by_rows = load_dataset(tmp_path / "scan.npz", by_rows=True)
+    assert isinstance(by_rows.amplitudes, RowFile)
+    first = inference.reconstruct(bundle, data, InferConfig(batch_size=32), "bundle")
+    second = inference.reconstruct(bundle, by_rows, InferConfig(batch_size=32), "bundle")
+    assert np.array_equal(first.object, second.object)

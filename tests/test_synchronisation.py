@@ -6,7 +6,7 @@ import torch
 from ptycho import physics
 from ptycho.simulate import gaussian_random_field
 from ptycho.stitching import Stitcher, canvas_frame
-from ptycho.synchronisation import overlapping_pairs, patch_phases
+from ptycho.synchronisation import overlapping_pairs, patch_phases, spatial_order, synchronise
 
 
 def test_overlapping_pairs_are_exactly_the_boxes_that_share_a_pixel():
@@ -87,3 +87,25 @@ def test_the_recovered_offsets_are_the_applied_ones_up_to_one_constant():
 def test_patches_without_neighbours_keep_their_phase():
     boxes = torch.ones(2, 4, 4, dtype=torch.complex64) * 1j
     assert np.array_equal(patch_phases(boxes, np.array([[0, 0], [10, 10]])), np.zeros(2))
+
+
+def test_boxes_read_window_by_window_give_the_phases_of_boxes_in_memory():
+    rng = np.random.default_rng(5)
+    corners = rng.integers(0, 300, (400, 2)) * np.array([1, 3])  # a scan three times wider than high
+    corners = corners[spatial_order(corners[:, ::-1])]
+    boxes = torch.polar(torch.ones(400, 12, 12), torch.from_numpy(rng.uniform(-3, 3, (400, 1, 1))).float().expand(400, 12, 12).contiguous())
+    reads = []
+
+    def read(start, stop):
+        reads.append(stop - start)
+        return boxes[start:stop]
+
+    windowed = synchronise(read, corners, (12, 12), window=40)
+    assert len(reads) > 5 and max(reads) < 400  # read in windows, never whole
+    np.testing.assert_allclose(np.angle(np.exp(1j * (windowed - patch_phases(boxes, corners)))), 0, atol=1e-5)
+
+
+def test_spatial_order_runs_along_the_longer_side():
+    xy = np.array([[0.0, 5.0], [9.0, 0.0], [3.0, 1.0], [3.0, 0.0]])  # wider (x: 9) than high (y: 5)
+    assert spatial_order(xy).tolist() == [0, 3, 2, 1]
+    assert spatial_order(xy[:, ::-1]).tolist() == [0, 3, 2, 1]
