@@ -6,7 +6,8 @@ Lightning starts the other ranks of a DDP run by running this script again with 
 arguments, so each rank writes RECORD_FOLDER/rank-<r>.json: its rank, the world size, the
 process-group backend, a fingerprint of every sample it validated and trained on in the first
 epoch, the val_loss every epoch ended with, and how many bundles it wrote. Only Lightning's
-Trainer (a callback is added to every Trainer) and ``workflows.save_bundle`` are touched, so
+Trainer (a callback is added to every Trainer) and ``ptycho.bundle.save_bundle`` (imported by
+the train workflow when it writes) are touched, so
 the recording does not depend on how ptycho.training builds its loaders.
 """
 
@@ -19,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ptycho import workflows
+from ptycho import bundle
 from ptycho.cli import main
 
 
@@ -59,7 +60,7 @@ def _init_with_recorder(self, *args, **kwargs):
 
 
 L.Trainer.__init__ = _init_with_recorder
-_save_bundle = workflows.save_bundle
+_save_bundle = bundle.save_bundle
 
 
 def _counting_save_bundle(*args, **kwargs):
@@ -67,7 +68,7 @@ def _counting_save_bundle(*args, **kwargs):
     return _save_bundle(*args, **kwargs)
 
 
-workflows.save_bundle = _counting_save_bundle
+bundle.save_bundle = _counting_save_bundle
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1])

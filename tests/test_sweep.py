@@ -63,7 +63,7 @@ def test_a_two_point_sweep_runs_from_the_queue_in_parallel(tmp_path):
     for rate in RATES:
         data = found[f"lr-{rate}"]
         assert data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == float(rate)
-        pinn = data["metrics"]["results/metrics.json"]["data"]["pinn"]
+        pinn = data["metrics"]["results/scores/pinn.json"]["data"]  # one metrics file per method
         assert 0.0 < pinn["data.r_factor"] < 1.0 and -1.0 <= pinn["amplitude.ssim"] <= 1.0
         assert data["outs"]["models/wts.h5.zip"]["hash"]  # the bundle is in the experiment's outputs
     # Queued experiments run in their own folders: the workspace is as committed.
