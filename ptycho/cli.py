@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--size", choices=["small", "default"], default="small",
                       help="small: the params.yaml simulation with every length halved (N = 32, 8 px probe by default); default: as it is")
     grid.add_argument("--epochs", type=_positive, default=None, help="training epochs per scenario (default: half of train.epochs, so that the 9 trainings fit in about "
-                      "half an hour on 2 CPU cores; early stopping applies)")
+                      "about 10 minutes on 2 CPU cores; early stopping applies)")
     grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
     grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")
     grid.add_argument("--overlaps", type=_numbers, default=None, help="scan steps as fractions of the probe diameter (default: 0.25 0.5 1)")

@@ -2,8 +2,8 @@
 
 Each workflow imports the ptycho modules it needs inside the function, so that running one stage
 imports only its own code: the `deps` of a stage in dvc.yaml list exactly those modules (plus
-this one, ``config``, ``data``, ``errors``, ``files``, ``archive`` and ``cli``, which every stage
-imports), and a change to, say, ``metrics.py`` re-runs `evaluate`, not `train`.
+this one, ``__init__``, ``config``, ``data``, ``rowfile``, ``errors``, ``files``, ``archive`` and ``cli``,
+which every stage imports), and a change to, say, ``metrics.py`` re-runs `evaluate`, not `train`.
 tests/test_pipeline.py records what each stage imports under ``dvc repro`` and checks dvc.yaml.
 """
 
@@ -339,7 +339,7 @@ def evaluate(
     config: EvaluateConfig, metrics_path: str | Path, frc_path: str | Path, figure_path: str | Path,
     *, scores_dir: str | Path | None = None,
 ) -> dict:
-    """Score each reconstruction (``pinn``, and ``baseline`` when given) on one common region and,
+    """Score each reconstruction (``pinn``, and ``refined`` / ``baseline`` when given) on one common region and,
     for the data R-factor, on the same patterns (those every method covers), each re-simulated
     with the method's own probe when its reconstruction has one (``data.own_probe`` = 1).
 
