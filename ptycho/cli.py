@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> None:
         warnings.simplefilter("always", TrainingWarning)
         summary = workflows.train(
             load_dataset(args.train_data), model_config, train_config,
-            args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume,
+            args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume, figure_path=args.history_figure,
         )
     _report(caught, "train")
     if not summary.metrics:  # another rank of a distributed (DDP) run: rank 0 writes the bundle and reports
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-data", default="data/prepared/train.npz", help="training NPZ")
     train.add_argument("--bundle", default="models/wts.h5.zip", help="model bundle to write")
     train.add_argument("--history", default="models/history.csv", help="per-epoch losses (CSV)")
+    train.add_argument("--history-figure", default="models/history.png", help="loss curves and learning rate (PNG)")
     train.add_argument("--metrics", default="models/train_metrics.json", help="final losses (JSON)")
     train.add_argument("--checkpoints", default="models/checkpoints", help="Lightning checkpoints (for --resume)")
     train.add_argument(

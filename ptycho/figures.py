@@ -37,6 +37,27 @@ def _show(axis, image, title, cmap="gray", **kwargs):
     axis.figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
 
 
+def loss_curves(history: list[dict[str, float]], path: str | Path, title: str) -> None:
+    """Training and validation loss per epoch, and the learning rate (log scale), from the history rows."""
+    figure, axes = _figure(1, 2, (9.0, 3.4))
+    epochs = [row["epoch"] for row in history]
+    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
+        values = [row.get(key, np.nan) for row in history]
+        axes[0, 0].plot(epochs, values, marker=".", label=label)
+    best = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf)) if history else None
+    if best is not None and np.isfinite(history[best].get("val_loss", np.nan)):
+        axes[0, 0].axvline(epochs[best], color="gray", linestyle=":", label=f"best (epoch {epochs[best]:g})")
+    axes[0, 0].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("Poisson NLL per pattern (offset dropped)")
+    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[0, 1].semilogy(epochs, [row.get("learning_rate", np.nan) for row in history], marker=".")
+    axes[0, 1].set_xlabel("epoch")
+    axes[0, 1].set_ylabel("learning rate at epoch end")
+    figure.tight_layout()
+    _save(figure, path)
+
+
 def dataset_preview(dataset: PtychoDataset, path: str | Path, title: str) -> None:
     """Object amplitude and phase (if known), probe amplitude, scan positions, one pattern (log)."""
     figure, (axes,) = _figure(1, 5, (20, 4))

@@ -136,6 +136,7 @@ def train(
     resume: bool = False,
     *,
     callbacks: Sequence = (),
+    figure_path: str | Path | None = None,
 ) -> TrainSummary:
     """Fit the PINN on the training scan and write the history CSV, the final metrics and the bundle.
 
@@ -144,17 +145,18 @@ def train(
     the bundle last, so a kill at any moment leaves no partial file and no new bundle beside old
     reports; temp files a killed run left beside these outputs are deleted first. ``resume``:
     see ``training.fit`` (it continues from ``checkpoint_dir/last.ckpt``). ``callbacks``: extra
-    Lightning callbacks (tests interrupt a run with one). Global state (thread counts, random
+    Lightning callbacks (tests interrupt a run with one). ``figure_path``: a PNG of the loss curves
+    and the learning rate (DESIGN.md §6). Global state (thread counts, random
     states) is as it was when this returns.
     """
     from ptycho import training
 
-    training.remove_stale_temp_files(bundle_path, history_path, metrics_path)
+    training.remove_stale_temp_files(bundle_path, history_path, metrics_path, *([figure_path] if figure_path else []))
     with training.preserved_global_state():
-        return _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks)
+        return _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks, figure_path)
 
 
-def _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks) -> TrainSummary:
+def _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks, figure_path) -> TrainSummary:
     from ptycho import physics, training
     from ptycho.bundle import save_bundle
     from ptycho.grouping import grouped_tensors, make_groups
@@ -206,6 +208,10 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     # bundle, never a new bundle beside old reports.
     _write_text(history_path, history)
     _write_text(metrics_path, _json_bytes(final))
+    if figure_path is not None:
+        from ptycho import figures
+
+        figures.loss_curves(result.history, figure_path, f"training: {final['epochs_run']} epochs, best validation at epoch {final['best_epoch']}")
     save_bundle(bundle_path, autoencoder, diffraction_to_obj, architecture, extras={"history.csv": history, "config.json": config_snapshot})
     return TrainSummary(history=result.history, metrics=final, stop_reason=result.stop_reason)
 

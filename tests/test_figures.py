@@ -30,3 +30,14 @@ def test_a_figure_is_a_png_and_identical_data_give_identical_bytes(tmp_path):
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_loss_curves_are_a_png_that_changes_with_the_history(tmp_path):
+    history = [{"epoch": e, "train_loss": -10.0 - e, "val_loss": -9.0 - e, "learning_rate": 1e-3 / e} for e in range(1, 6)]
+    figures.loss_curves(history, tmp_path / "a.png", "training")
+    figures.loss_curves(history, tmp_path / "b.png", "training")
+    history[2]["val_loss"] = -30.0  # a different best epoch draws a different figure
+    figures.loss_curves(history, tmp_path / "c.png", "training")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
