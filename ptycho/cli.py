@@ -44,6 +44,10 @@ def _prepare(args: argparse.Namespace) -> None:
     source = train.metadata.get("source_detected")
     print(f"prepare: wrote {args.train} ({train.n_patterns} patterns) and {args.test} ({test.n_patterns} patterns)"
           + (f"; read as {source}" if source else ""))
+    refined = train.metadata.get("probe_refined")
+    if refined:
+        print(f"prepare: probe refined by {refined['sweeps']} {refined['algorithm']} sweeps on the training scan in {refined['wall_time_s']} s "
+              f"(amplitude error {refined['error_first_sweep']:.4g} -> {refined['error_last_sweep']:.4g}); both files carry it")
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -164,6 +164,7 @@ class PrepareConfig(Section):
     detector_crop_px: int = 0  # centred crop of the patterns to this size, px (0 = none)
     detector_bin: int = 1  # b x b binning of the (cropped) detector (1 = none)
     probe_scale: ProbeScale = ProbeScale.FILE
+    probe_refinement_sweeps: int = 0  # rPIE sweeps with probe update on the training scan; its probe replaces the file's (0 = keep)
     input_checks: InputChecks = InputChecks.ERROR
     object_kind: ObjectKind = ObjectKind.GRF
     train_object_px: int = 256  # side of the square training object, pixels
@@ -192,6 +193,8 @@ class PrepareConfig(Section):
         _require(self.detector_crop_px == 0 or (self.detector_crop_px >= 16 and self.detector_crop_px % 2 == 0),
                  "prepare.detector_crop_px", f"must be 0 (no crop) or an even number >= 16, got {self.detector_crop_px}")
         _require(self.detector_bin >= 1, "prepare.detector_bin", f"must be >= 1, got {self.detector_bin}")
+        _require(0 <= self.probe_refinement_sweeps <= 10_000, "prepare.probe_refinement_sweeps",
+                 f"must be in [0, 10000] (0 = keep the file's probe), got {self.probe_refinement_sweeps}")
         if self.source is not Source.SIMULATE:
             return  # the simulation's settings do not apply to a file (and must not block one)
         for key, size in (("train_object_px", self.train_object_px), ("test_object_px", self.test_object_px)):

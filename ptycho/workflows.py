@@ -79,12 +79,43 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
 
         scan, _ = load_scan(config.train_file, config)
         train, test = split_spatially(scan, config.test_fraction, config.train_file)
+    if config.probe_refinement_sweeps:
+        train, test = refine_probe(train, test, config.probe_refinement_sweeps)
     validate(train, str(train_path))
     validate(test, str(test_path))
     save_dataset(train, train_path)
     save_dataset(test, test_path)
     figures.dataset_preview(train, preview_path, f"training data ({config.source.value})")
     return train, test
+
+
+def refine_probe(train: PtychoDataset, test: PtychoDataset, sweeps: int) -> tuple[PtychoDataset, PtychoDataset]:
+    """Both scans with the probe that ``sweeps`` rPIE sweeps with probe update refine on the training scan.
+
+    A file's probe is often a starting guess (tike's and ptychodus's files, a probe from another
+    scan): the iterative engine can refine it, the network cannot (it is trained against a fixed
+    probe, and a wrong one leaves phase ramps and no detail). The probe belongs to the instrument,
+    so the test scan gets the one refined on the training scan. Incoherent modes are refined
+    together (mode 0 is ``probe``). Recorded in both files' metadata.
+    """
+    from ptycho.baseline import run_baseline
+
+    settings = BaselineConfig(iterations=sweeps, update_probe=True)  # rPIE, batch and steps as the baseline's defaults
+    started = time.perf_counter()
+    reconstruction, errors = run_baseline(train, settings, progress=False)
+    refined = np.asarray(reconstruction.probe, dtype=np.complex64)
+    modes = refined if refined.ndim == 3 else None
+    record = {
+        "probe_refined": {
+            "algorithm": settings.algorithm.value, "sweeps": sweeps, "on": "training scan",
+            "error_first_sweep": round(float(errors[0]), 6), "error_last_sweep": round(float(errors[-1]), 6),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+    }
+    return tuple(
+        dataclasses.replace(data, probe=refined[0] if modes is not None else refined, probe_modes=modes, metadata={**data.metadata, **record})
+        for data in (train, test)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ from ptycho.baseline import run_baseline
 from ptycho.bundle import load_bundle
 from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, Source, TrainConfig
 from ptycho.data import PtychoDataset, load_dataset
+from ptycho.errors import ConfigError
 
 FAST_TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=2e-3, early_stopping_patience=20, seed=3)
 FAST_MODEL = ModelConfig(n_filters_scale=0.25)
@@ -119,3 +120,38 @@ def test_a_foreign_scan_goes_through_the_pipeline_and_the_network_learns(tmp_pat
     assert baseline["amplitude.ssim"] > 0.9
     assert refined["amplitude.ssim"] > baseline["amplitude.ssim"] - 0.15
     assert refined["data.r_factor"] < network["data.r_factor"]
+
+
+def probe_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """|<a, b>| / (|a| |b|): 1 for the same probe up to a global complex factor."""
+    return float(abs(np.vdot(a, b)) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_prepare_refines_a_wrong_probe_guess_on_the_training_scan(tmp_path):
+    arrays = build_scan(size=32, n_per_side=14, step_px=5, spot_diameter_px=24.0, seed=3)
+    true_probe = arrays["probeGuess"].copy()
+    arrays["probeGuess"] = defocused_ring_probe(32, 16.0)  # a starting guess: another defocus
+    np.savez(tmp_path / "scan.npz", **arrays)
+    guess_similarity = probe_similarity(true_probe, arrays["probeGuess"])
+    assert guess_similarity < 0.85
+
+    kept_config = PrepareConfig(source=Source.NPZ, train_file=str(tmp_path / "scan.npz"), N=32, input_checks="warn")
+    with pytest.warns(UserWarning):  # the guess is not on the counts' scale
+        kept, _ = workflows.prepare(kept_config, tmp_path / "k-train.npz", tmp_path / "k-test.npz", tmp_path / "k.png")
+    np.testing.assert_array_equal(kept.probe, arrays["probeGuess"])
+    assert "probe_refined" not in kept.metadata
+
+    config = dataclasses.replace(kept_config, probe_refinement_sweeps=30)
+    with pytest.warns(UserWarning):
+        workflows.prepare(config, tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "preview.png")
+    train, test = load_dataset(tmp_path / "train.npz"), load_dataset(tmp_path / "test.npz")
+    assert probe_similarity(true_probe, train.probe) > 0.98  # from 0.80
+    np.testing.assert_array_equal(train.probe, test.probe)  # the instrument's probe, refined on the training scan
+    record = train.metadata["probe_refined"]
+    assert record["sweeps"] == 30 and record["error_last_sweep"] < 0.5 * record["error_first_sweep"]
+    assert test.metadata["probe_refined"] == record
+
+
+def test_probe_refinement_sweeps_must_be_a_count():
+    with pytest.raises(ConfigError, match="prepare.probe_refinement_sweeps"):
+        PrepareConfig(probe_refinement_sweeps=-1)

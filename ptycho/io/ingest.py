@@ -203,7 +203,7 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
     elif not checks.PROBE_RATIO_RANGE[0] <= ratio <= checks.PROBE_RATIO_RANGE[1]:
         checker.warn(
             "probe", f"the patterns hold {ratio:.3g} times more counts than sum |P|^2 of the probe: it is not on the "
-            "counts' scale (the network and the data R-factor assume it is)",
+            "counts' scale (the network and the baseline calibrate it themselves; the file keeps it as it is)",
             "set prepare.probe_scale: counts to scale it to the data",
         )
 
