@@ -29,6 +29,16 @@ def _save(figure: Figure, path: str | Path) -> None:
     write_atomically(path, buffer.getvalue())
 
 
+def _robust_limits(values: np.ndarray, where: np.ndarray | None = None) -> dict:
+    """Colour limits at the 0.5 and 99.5 percentiles of the finite values (where given): a few
+    bright pixels at a scan's edge would otherwise turn the whole image black."""
+    chosen = values[np.isfinite(values) & (True if where is None else where)]
+    if chosen.size == 0:
+        return {}
+    low, high = np.percentile(chosen, [0.5, 99.5])
+    return {"vmin": float(low), "vmax": float(high)} if high > low else {}
+
+
 def _show(axis, image, title, cmap="gray", **kwargs):
     shown = axis.imshow(image, cmap=cmap, **kwargs)
     axis.set_title(title, fontsize=9)
@@ -87,7 +97,8 @@ def reconstruction_figure(reconstruction, path: str | Path, title: str) -> None:
     extent = (x0 - 0.5, x0 + width - 0.5, y0 + height - 0.5, y0 - 0.5)
     covered = reconstruction.coverage > 0
     figure, (axes,) = _figure(1, 3, (15, 4.5))
-    _show(axes[0], np.where(covered, np.abs(reconstruction.object), np.nan), "amplitude", extent=extent)
+    amplitude = np.where(covered, np.abs(reconstruction.object), np.nan)
+    _show(axes[0], amplitude, "amplitude (0.5-99.5 % range)", extent=extent, **_robust_limits(amplitude))
     _show(axes[1], np.where(covered, np.angle(reconstruction.object), np.nan), "phase (rad)", cmap="twilight", extent=extent)
     _show(axes[2], reconstruction.coverage, "coverage (summed weights)", cmap="viridis", extent=extent)
     for axis in axes:
@@ -121,7 +132,8 @@ def comparison_figure(truth, reconstructions: dict, path: str | Path) -> None:
                 image = _roughly_aligned(image, truth, rec.coverage)
             amplitude, phase = np.abs(image), np.angle(image)
             cmap_amplitude, cmap_phase = "gray", "twilight"
-        limits = [{}, {}]
+        covered = None if name == "truth" or image is None else reconstructions[name].coverage > 0
+        limits = [_robust_limits(amplitude, covered), {}]
         if image is None:  # differences: a symmetric colour scale, so that white means zero
             limits = [{"vmin": -v, "vmax": v} for v in (np.nanpercentile(np.abs(d), 99) for d in (amplitude, phase))]
         _show(axes[0, index], amplitude, f"{name}: amplitude", cmap=cmap_amplitude, **limits[0])
