@@ -136,7 +136,7 @@ def _scenarios(args: argparse.Namespace) -> None:
     refine = config.load_section(args.params, "refine")
     settings = scenarios.Settings(
         prepare=prepare, model=config.load_section(args.params, "model"),
-        train=dataclasses.replace(train, epochs=max(1, train.epochs // 2) if args.epochs is None else args.epochs),
+        train=dataclasses.replace(train, epochs=train.epochs if args.epochs is None else args.epochs),
         infer=config.load_section(args.params, "infer"),
         refine=refine if args.refine_sweeps is None else dataclasses.replace(refine, iterations=args.refine_sweeps),
         baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--params", default="params.yaml", help="parameter file (all sections; prepare's simulation settings are sized by --size)")
     grid.add_argument("--size", choices=["small", "default"], default="small",
                       help="small: the params.yaml simulation with every length halved (N = 32, 8 px probe by default); default: as it is")
-    grid.add_argument("--epochs", type=_positive, default=None, help="training epochs per scenario (default: half of train.epochs, so that the 9 trainings fit in about "
+    grid.add_argument("--epochs", type=_positive, default=None, help="training epochs per scenario (default: train.epochs; the 9 trainings take "
                       "about 10 minutes on 2 CPU cores; early stopping applies)")
     grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
     grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")

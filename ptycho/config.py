@@ -239,7 +239,7 @@ class TrainConfig(Section):
     """`train:` section: optimisation, schedule, stopping and the Lightning trainer."""
 
     SECTION: ClassVar[str] = "train"
-    epochs: int = 60  # most epochs; early stopping or max_wall_s may end the run sooner
+    epochs: int = 30  # most epochs; early stopping or max_wall_s may end the run sooner
     batch_size: int = 16
     learning_rate: float = 1.0e-3  # Adam; the peak of the cosine / onecycle schedules
     loss: LossKind = LossKind.POISSON
