@@ -110,3 +110,29 @@ def test_patterns_read_by_rows_give_the_same_reconstruction(tmp_path):
     first = inference.reconstruct(bundle, data, InferConfig(batch_size=32), "bundle")
     second = inference.reconstruct(bundle, by_rows, InferConfig(batch_size=32), "bundle")
     assert np.array_equal(first.object, second.object)
+
+
+def test_bf16_inference_stays_close_to_fp32(evaluated_run, tmp_path, small_infer_config):
+    import dataclasses
+
+    from ptycho.config import InferPrecision
+
+    run, _ = evaluated_run
+    test = load_dataset(run.test_path)
+    fp32 = load_reconstruction(run.folder / "reconstruction.npz")
+    bf16_config = dataclasses.replace(small_infer_config, precision=InferPrecision.BF16)
+    workflows.infer(test, run.bundle_path, bf16_config, tmp_path / "r.npz", tmp_path / "r.png", tmp_path / "s.json")
+    bf16 = load_reconstruction(tmp_path / "r.npz")
+    assert bf16.object.dtype == np.complex64 and bf16.object.shape == fp32.object.shape
+    covered = fp32.coverage > 0.1 * fp32.coverage.max()
+    amplitude = np.abs(fp32.object[covered])
+    assert not np.array_equal(bf16.object, fp32.object)  # it did run in another precision
+    assert np.max(np.abs(np.abs(bf16.object[covered]) - amplitude)) < 0.03 * amplitude.mean()
+    assert np.max(np.abs(np.angle(bf16.object[covered] * np.conj(fp32.object[covered])))) < 0.1
+
+
+def test_an_unknown_precision_is_refused():
+    from ptycho.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="infer.precision"):
+        InferConfig(precision="fp16")

@@ -130,14 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; medians are reported")
     parser.add_argument("--in-memory", action="store_true", help="also run the in-memory comparison child")
     parser.add_argument("--folder", default="", help="where the scans go (default: a temporary folder, removed)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="infer.precision of the runs")
     parser.add_argument("--output", default="results/scale_benchmark.json")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(dir=args.folder or None) as temporary:
         folder = Path(temporary)
-        (folder / "params.yaml").write_text("infer: {}\n")  # the defaults of params.yaml's infer: section
+        # The defaults of params.yaml's infer: section, but for the precision
+        (folder / "params.yaml").write_text(f"infer: {{precision: {args.precision}}}\n")
         bundle = write_bundle(folder)
-        report = {"pattern_size": PATTERN_SIZE, "step_px": STEP_PX, "repeats": args.repeats,
+        report = {"pattern_size": PATTERN_SIZE, "step_px": STEP_PX, "repeats": args.repeats, "precision": args.precision,
                   "load_average_1min_before": os.getloadavg()[0], "sizes": {}}
         for count in args.sizes:
             scan = write_scan(folder, count)
