@@ -445,20 +445,26 @@ def _read_header(handle: Any, source: str, key: str) -> tuple[tuple[int, ...], b
     return shape, fortran_order, dtype
 
 
+def _read_sized_header(handle, info: zipfile.ZipInfo, source: str, key: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``_read_header``, the check that the header accounts exactly for the member's size, and the header's length."""
+    shape, fortran_order, dtype = _read_header(handle, source, key)
+    header_bytes = handle.tell()
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header_bytes + nbytes != info.file_size:
+        raise _error(
+            source, key, f"header declares shape {_short(shape)} {dtype} ({nbytes} bytes), but the member "
+            f"holds {info.file_size - header_bytes} bytes of data"
+        )
+    return shape, fortran_order, dtype, header_bytes
+
+
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, *, read_data: bool) -> np.ndarray | None:
     """One ``.npy`` member: header parsed and checked, then (``read_data``) the data read into
     one allocation; None when the data are not read."""
     key = info.filename[: -len(".npy")]
     try:
         with archive.open(info) as handle:
-            shape, fortran_order, dtype = _read_header(handle, source, key)
-            header_bytes = handle.tell()
-            nbytes = math.prod(shape) * dtype.itemsize
-            if header_bytes + nbytes != info.file_size:
-                raise _error(
-                    source, key, f"header declares shape {_short(shape)} {dtype} ({nbytes} bytes), but the member "
-                    f"holds {info.file_size - header_bytes} bytes of data"
-                )
+            shape, fortran_order, dtype, _ = _read_sized_header(handle, info, source, key)
             if not read_data:
                 return None
             array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
@@ -482,14 +488,7 @@ def _rows_in_place(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, 
     key = info.filename[: -len(".npy")]
     try:
         with archive.open(info) as handle:
-            shape, fortran_order, dtype = _read_header(handle, source, key)
-            header_bytes = handle.tell()
-            nbytes = math.prod(shape) * dtype.itemsize
-            if header_bytes + nbytes != info.file_size:
-                raise _error(
-                    source, key, f"header declares shape {_short(shape)} {dtype} ({nbytes} bytes), but the member "
-                    f"holds {info.file_size - header_bytes} bytes of data"
-                )
+            shape, fortran_order, dtype, header_bytes = _read_sized_header(handle, info, source, key)
             while handle.read(1 << 20):  # zipfile checks the CRC-32 at the end of the member
                 pass
         if fortran_order or len(shape) == 0:
