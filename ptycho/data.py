@@ -16,8 +16,7 @@ metadata       ()         str        JSON object (optional; default {})
 mask           (N, N)     bool       detector pixels to trust: True = valid (optional;
                                      default all valid). Masked pixels hold amplitude 0
                                      and are left out of the baseline's amplitude
-                                     constraint and the R-factor (training does not
-                                     use the mask yet).
+                                     constraint, the training losses and the R-factor.
 probe_modes    (K, N, N)  complex64  incoherent probe modes, K >= 2 (optional); mode 0
                                      equals ``probeGuess``; intensities add over modes
 =============  =========  =========  ===================================================

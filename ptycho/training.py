@@ -72,18 +72,21 @@ class PINNModule(L.LightningModule):
     which also cycles Adam's beta1 between 0.95 and 0.85).
     """
 
-    def __init__(self, autoencoder: Autoencoder, config: TrainConfig):
+    def __init__(self, autoencoder: Autoencoder, config: TrainConfig, mask: torch.Tensor | None = None):
         super().__init__()
         self.autoencoder = autoencoder
         self.config = config
+        self.mask = mask  # (N, N) bool, True = valid detector pixel; invalid ones are left out of the losses
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None  # from a checkpoint, applied once the scheduler exists
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_index: int, stage: str) -> torch.Tensor:
         amplitudes, offsets = batch
         _, predicted = self.autoencoder(amplitudes, offsets)
-        nll = physics.poisson_nll(predicted, amplitudes)
-        mae = physics.amplitude_mae(predicted, amplitudes)
+        # A masked pixel holds 0 in the data (dead, hot or under the beam stop), not a measurement
+        mask = None if self.mask is None else self.mask.to(amplitudes.device)
+        nll = physics.poisson_nll(predicted, amplitudes, mask=mask)
+        mae = physics.amplitude_mae(predicted, amplitudes, mask=mask)
         loss = nll if self.config.loss is LossKind.POISSON else mae
         if not torch.isfinite(loss):
             learning_rate = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -308,13 +311,15 @@ def split_train_val(n_groups: int, val_fraction: float, seed: int) -> tuple[np.n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def fingerprint(autoencoder: Autoencoder, amplitudes: torch.Tensor, offsets: torch.Tensor, config: TrainConfig) -> tuple[str, dict]:
+def fingerprint(
+    autoencoder: Autoencoder, amplitudes: torch.Tensor, offsets: torch.Tensor, config: TrainConfig, mask: torch.Tensor | None = None,
+) -> tuple[str, dict]:
     """SHA-256 of what determines the training trajectory: the settings (all but
     ``RESUMABLE_CHANGES``), the grouped data and the initial weights (which carry the
     architecture, the probe and the scales). Returns (hex digest, the settings hashed)."""
     settings = {key: (value.value if hasattr(value, "value") else value) for key, value in asdict(config).items() if key not in RESUMABLE_CHANGES}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for tensor in (amplitudes, offsets, *autoencoder.state_dict().values()):
+    for tensor in (amplitudes, offsets, *autoencoder.state_dict().values(), *([] if mask is None else [mask])):
         array = tensor.detach().cpu().numpy()
         digest.update(f"{array.shape} {array.dtype}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -338,8 +343,11 @@ def fit(
     checkpoint_dir: str | Path,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    mask: torch.Tensor | None = None,
 ) -> FitResult:
     """Train in place on grouped amplitudes (G, C, N, N) and offsets (G, C, 2); best weights kept.
+
+    ``mask`` (N, N) bool, True = valid detector pixel: invalid pixels are left out of the losses.
 
     Runs are seeded and deterministic on the CPU for a fixed ``num_threads`` (unless
     ``max_wall_s`` ends them). ``last.ckpt`` in ``checkpoint_dir`` is rewritten after every
@@ -353,7 +361,7 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     remove_stale_temp_files(last)
-    identity = RunIdentity(*fingerprint(autoencoder, amplitudes, offsets, config))
+    identity = RunIdentity(*fingerprint(autoencoder, amplitudes, offsets, config, mask))
     ckpt_path = None
     if resume and not last.exists():
         warnings.warn(f"train --resume: no checkpoint {last}; training from the start", TrainingWarning, stacklevel=2)
@@ -388,7 +396,7 @@ def fit(
             batch_size=config.batch_size, shuffle=True, generator=generator,
         )
         val_loader = DataLoader(TensorDataset(amplitudes[val_indices], offsets[val_indices]), batch_size=config.batch_size)
-        module = PINNModule(autoencoder, config)
+        module = PINNModule(autoencoder, config, mask)
         history = HistoryAndBest()
         stopping = Stopping(config.early_stopping_patience, warm_epochs(config), config.max_wall_s)
         trainer = _trainer(config, checkpoint_dir, [

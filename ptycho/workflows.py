@@ -217,7 +217,8 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     autoencoder, diffraction_to_obj = build_models(
         architecture, unit_probe, intensity_scale_of(train_data.amplitudes), probe_scale=probe_scale
     )
-    result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume, callbacks=callbacks)
+    mask = None if train_data.mask is None else torch.from_numpy(np.asarray(train_data.mask, dtype=bool))
+    result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume, callbacks=callbacks, mask=mask)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
         return TrainSummary(history=result.history, metrics={}, stop_reason=result.stop_reason)
     history = _csv_bytes(result.history)

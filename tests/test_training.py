@@ -358,3 +358,28 @@ def test_lightning_refusing_a_device_setting_is_a_config_error_naming_the_key(ti
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match=r"^train.accelerator: Lightning cannot run with accelerator='gpu'"):
         run_train(tiny_data, tmp_path, dataclasses.replace(TINY_TRAIN, accelerator="gpu"))
+
+
+def test_masked_detector_pixels_are_left_out_of_the_training_losses(tmp_path):
+    # Masked pixels hold 0 in prepared data (dead, hot, beam stop); the loss must not ask the
+    # network to predict 0 there.
+    train, _ = simulate_train_test(SMALL_PREPARE)
+    groups = make_groups(train.xcoords, train.ycoords, 1, 7, np.random.default_rng(0))
+    amplitudes, offsets = grouped_tensors(train.amplitudes, groups)
+    torch.manual_seed(0)
+    autoencoder, _ = build_models(Architecture(32, 1, 0.25), train.probe, intensity_scale_of(train.amplitudes))
+    mask = torch.ones(32, 32, dtype=torch.bool)
+    mask[14:18, 14:18] = False  # a beam stop over the brightest pixels
+    module = training.PINNModule(autoencoder, SMALL_TRAIN, mask)
+    logged = {}
+    module.log = lambda name, value, **_: logged.__setitem__(name, float(value.detach()))
+    batch = (amplitudes[:8].clone(), offsets[:8])
+    batch[0][..., ~mask] = 0.0
+    loss = float(module._step(batch, 0, "train"))
+    with torch.no_grad():
+        _, predicted = autoencoder(*batch)
+    assert loss == pytest.approx(float(physics.poisson_nll(predicted, batch[0], mask=mask)), rel=1e-6)
+    assert loss != pytest.approx(float(physics.poisson_nll(predicted, batch[0])), rel=1e-3)
+    assert logged["train_amplitude_mae"] == pytest.approx(float(physics.amplitude_mae(predicted, batch[0], mask=mask)), rel=1e-6)
+    # The mask is part of the run's identity: a checkpoint of an unmasked run is not resumed with one.
+    assert training.fingerprint(autoencoder, *batch, SMALL_TRAIN, mask)[0] != training.fingerprint(autoencoder, *batch, SMALL_TRAIN)[0]
