@@ -250,7 +250,8 @@ def run_baseline(
     grid = torch.arange(size)
 
     errors: list[float] = []
-    sweeps = tqdm(range(settings.iterations), desc=f"baseline-{settings.algorithm.value}", disable=not progress)
+    # disable=None: no bar when stderr is not a terminal (CI, dvc queue logs), where each refresh is a line
+    sweeps = tqdm(range(settings.iterations), desc=f"baseline-{settings.algorithm.value}", disable=None if progress else True)
     for _ in sweeps:
         order = torch.randperm(count, generator=generator)
         misfit = 0.0
