@@ -265,9 +265,15 @@ def test_bad_settings_raise_config_error_naming_the_field(field, value):
         BaselineConfig(**{field: value})
 
 
-def test_progress_bar_shows_the_error(capsys):
+def test_progress_bar_shows_the_error_on_a_terminal_only(capsys, monkeypatch):
+    import sys
+
     scan = simulate_train_test(dataclasses.replace(SMALL, test_object_px=48))[1]
-    run_baseline(scan, BaselineConfig(algorithm="epie", iterations=2, batch_size=8), progress=True)
+    settings = BaselineConfig(algorithm="epie", iterations=2, batch_size=8)
+    run_baseline(scan, settings, progress=True)
+    assert capsys.readouterr().err == ""  # a log file (CI, dvc queue logs) gets no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run_baseline(scan, settings, progress=True)
     shown = capsys.readouterr().err
     assert "baseline-epie" in shown and "error=" in shown
 
