@@ -155,3 +155,15 @@ def test_prepare_refines_a_wrong_probe_guess_on_the_training_scan(tmp_path):
 def test_probe_refinement_sweeps_must_be_a_count():
     with pytest.raises(ConfigError, match="prepare.probe_refinement_sweeps"):
         PrepareConfig(probe_refinement_sweeps=-1)
+
+
+def test_probe_refinement_keeps_incoherent_modes():
+    arrays = build_scan(size=32, n_per_side=8, step_px=5, spot_diameter_px=24.0, seed=4)
+    modes = np.stack([arrays["probeGuess"], 0.2 * defocused_ring_probe(32, 16.0)]).astype(np.complex64)
+    data = dataclasses.replace(as_dataset(arrays), probe_modes=modes)
+    train, test = workflows.refine_probe(data, data, sweeps=3)
+    for refined in (train, test):
+        assert refined.probe_modes.shape == (2, 32, 32)
+        np.testing.assert_array_equal(refined.probe, refined.probe_modes[0])
+        assert refined.metadata["probe_refined"]["sweeps"] == 3
+    assert not np.array_equal(train.probe_modes[1] / np.linalg.norm(train.probe_modes[1]), modes[1] / np.linalg.norm(modes[1]))
