@@ -200,7 +200,8 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
         factor = probe_scale_factor if probe_scale_factor is not None else math.sqrt(ratio)
         probe = (probe * factor).astype(np.complex64)
         metadata["probe_scale_factor"] = factor
-    elif not checks.PROBE_RATIO_RANGE[0] <= ratio <= checks.PROBE_RATIO_RANGE[1]:
+    # With probe refinement at prepare the file's probe is replaced by one on the counts' scale: nothing to report
+    elif config.probe_refinement_sweeps == 0 and not checks.PROBE_RATIO_RANGE[0] <= ratio <= checks.PROBE_RATIO_RANGE[1]:
         checker.warn(
             "probe", f"the patterns hold {ratio:.3g} times more counts than sum |P|^2 of the probe: it is not on the "
             "counts' scale (the network and the baseline calibrate it themselves; the file keeps it as it is)",
