@@ -76,7 +76,9 @@ class PINNModule(L.LightningModule):
         super().__init__()
         self.autoencoder = autoencoder
         self.config = config
-        self.mask = mask  # (N, N) bool, True = valid detector pixel; invalid ones are left out of the losses
+        # (N, N) bool, True = valid detector pixel; invalid ones are left out of the losses. A
+        # non-persistent buffer: it moves with the module to the device and stays out of checkpoints.
+        self.register_buffer("mask", mask, persistent=False)
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None  # from a checkpoint, applied once the scheduler exists
 
@@ -84,9 +86,8 @@ class PINNModule(L.LightningModule):
         amplitudes, offsets = batch
         _, predicted = self.autoencoder(amplitudes, offsets)
         # A masked pixel holds 0 in the data (dead, hot or under the beam stop), not a measurement
-        mask = None if self.mask is None else self.mask.to(amplitudes.device)
-        nll = physics.poisson_nll(predicted, amplitudes, mask=mask)
-        mae = physics.amplitude_mae(predicted, amplitudes, mask=mask)
+        nll = physics.poisson_nll(predicted, amplitudes, mask=self.mask)
+        mae = physics.amplitude_mae(predicted, amplitudes, mask=self.mask)
         loss = nll if self.config.loss is LossKind.POISSON else mae
         if not torch.isfinite(loss):
             learning_rate = self.trainer.optimizers[0].param_groups[0]["lr"]

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from ptycho.synchronisation import patch_phases
+from ptycho.synchronisation import overlapping_pairs, patch_phases
 
 BOX_PX = 33
 STEP_PX = 8
@@ -60,8 +60,6 @@ def largest_error(recovered: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run(sizes: list[int], repeats: int) -> list[dict]:
-    from ptycho.synchronisation import overlapping_pairs
-
     records = []
     for count in sizes:
         boxes, corners, offsets = make_patches(count)
