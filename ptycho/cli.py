@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> None:
             args.bundle, args.history, args.metrics, args.checkpoints, resume=args.resume, figure_path=args.history_figure,
         )
     _report(caught, "train")
-    if not summary.metrics:  # another rank of a distributed (DDP) run: rank 0 writes the bundle and reports
+    if not summary.wrote_outputs:  # another rank of a distributed (DDP) run: rank 0 writes the bundle and reports
         return
     stopped = {"epochs": "all epochs ran", "early_stopping": "early stopping", "wall_time": "wall-time budget train.max_wall_s"}
     print(f"train: wrote {args.bundle}; stopped by {stopped.get(summary.stop_reason, summary.stop_reason)}; "

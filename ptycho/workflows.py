@@ -123,6 +123,7 @@ class TrainSummary:
     history: list[dict[str, float]]
     metrics: dict[str, float]
     stop_reason: str = ""  # epochs | early_stopping | wall_time (``training.Stopping``)
+    wrote_outputs: bool = True  # False on the other ranks of a distributed (DDP) run: rank 0 writes
 
 
 def _csv_bytes(rows: list[dict[str, float]]) -> bytes:
@@ -220,7 +221,7 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     mask = None if train_data.mask is None else torch.from_numpy(np.asarray(train_data.mask, dtype=bool))
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume, callbacks=callbacks, mask=mask)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
-        return TrainSummary(history=result.history, metrics={}, stop_reason=result.stop_reason)
+        return TrainSummary(history=result.history, metrics={}, stop_reason=result.stop_reason, wrote_outputs=False)
     history = _csv_bytes(result.history)
     config_snapshot = json.dumps(
         {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, sort_keys=True, indent=2, default=str
