@@ -684,7 +684,9 @@ def test_a_format_1_bundle_loads_and_predicts_as_it_did():
     amplitudes = torch.linspace(0, 3, 32 * 32).reshape(1, 1, 32, 32)
     with torch.no_grad():
         output = loaded.diffraction_to_obj(amplitudes, torch.zeros(1, 1, 2))
-    np.testing.assert_array_equal(output.numpy(), np.load(data / "bundle_format1_output.npy"))
+    # Not bit-exact: the CPU's instruction set decides the last bits of a convolution (measured:
+    # 201 of 1,024 values differ by up to 8e-8 on another x86 CPU, for values up to 0.51).
+    np.testing.assert_allclose(output.numpy(), np.load(data / "bundle_format1_output.npy"), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("gridsize", [1, 2])
