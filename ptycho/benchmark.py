@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ptycho import metrics
-from ptycho.baseline import run_baseline
+from ptycho.iterative.pie import run_pie
 from ptycho.bundle import load_bundle
 from ptycho.config import Algorithm, BaselineConfig, EvaluateConfig, InferConfig
 from ptycho.data import PtychoDataset, load_dataset
@@ -46,7 +46,7 @@ def ssims(obj: np.ndarray, truth: np.ndarray, region: np.ndarray, config: Evalua
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
     """The state of an iterative run after ``sweep`` sweeps: its SSIMs and the run's wall time so far
-    (start of ``run_baseline`` to the end of this sweep, the scoring of earlier sweeps excluded)."""
+    (start of ``run_pie`` to the end of this sweep, the scoring of earlier sweeps excluded)."""
 
     sweep: int
     amplitude_ssim: float
@@ -61,7 +61,7 @@ def sweep_curve(
     data: PtychoDataset, settings: BaselineConfig, truth: np.ndarray, region: np.ndarray, config: EvaluateConfig,
     *, initial: Reconstruction | None = None, stop: Callable[[SweepPoint], bool] | None = None,
 ) -> list[SweepPoint]:
-    """Run ``settings.iterations`` sweeps of ``run_baseline`` (from a flat object, or refining
+    """Run ``settings.iterations`` sweeps of ``run_pie`` (from a flat object, or refining
     ``initial``) and score the object after every sweep; ``stop(point)`` returning True ends the run."""
     points: list[SweepPoint] = []
     scoring_s = 0.0
@@ -75,7 +75,7 @@ def sweep_curve(
         scoring_s += time.perf_counter() - reached
         return stop is not None and stop(points[-1])
 
-    run_baseline(data, settings, progress=False, on_iteration=on_iteration, initial=initial)
+    run_pie(data, settings, progress=False, on_iteration=on_iteration, initial=initial)
     return points
 
 
@@ -100,7 +100,7 @@ def timing(
         inference_seconds.append(time.perf_counter() - started)
     network_s = statistics.median(inference_seconds)
 
-    one_sweep, _ = run_baseline(data, dataclasses.replace(baseline_config, iterations=1), progress=False)
+    one_sweep, _ = run_pie(data, dataclasses.replace(baseline_config, iterations=1), progress=False)
     region = common_region({"pinn": network, "baseline": one_sweep}, evaluate_config)
     truth = network.truth_window(data.object, str(test_data_path))
     target = ssims(network.object, truth, region, evaluate_config)

@@ -351,7 +351,7 @@ class CheckConfig(Section):
 
 @dataclass(frozen=True)
 class BaselineConfig(Section):
-    """`baseline:` section, the settings of ``ptycho.baseline.run_baseline``; checked on construction.
+    """`baseline:` section, the settings of ``ptycho.iterative.pie.run_pie``; checked on construction.
 
     algorithm: "epie" or "rpie" (see the module docstring for the updates).
     iterations: sweeps over all positions (>= 1).

@@ -159,6 +159,14 @@ class PtychoDataset:
         )
 
 
+def pixel_size_of(data: PtychoDataset) -> tuple[float, float] | None:
+    """The object pixel (x, y) in metres from ``metadata["object_pixel_size_m"]``, or None."""
+    pixel = data.metadata.get("object_pixel_size_m")
+    if isinstance(pixel, list) and len(pixel) == 2 and all(isinstance(p, (int, float)) and p > 0 for p in pixel):
+        return float(pixel[0]), float(pixel[1])
+    return None
+
+
 def _error(source: str, key: str, problem: str) -> DataError:
     return DataError(f"{source}: key '{key}': {problem}")
 

@@ -148,9 +148,72 @@ def enforce_group_overlap(
     return F.pad(merged, (left, size - right, top, size - bottom))
 
 
+def propagate(exit_waves: torch.Tensor) -> torch.Tensor:
+    """Unitary far field in the detector's unshifted frame: fft2(psi, norm="ortho") over the last
+    two axes (..., N, N), zero frequency at [0, 0]. Adjoint and inverse: ``backpropagate``.
+
+    Iterative loops work in this frame (patterns moved there once with ``uncentre``), which
+    saves two permutations per pattern; ``far_field`` is the same numbers, centred.
+    """
+    return torch.fft.fft2(exit_waves, norm="ortho")
+
+
+def backpropagate(far: torch.Tensor) -> torch.Tensor:
+    """Exit waves (..., N, N) of an unshifted far field: ifft2(F, norm="ortho"), the adjoint (and
+    inverse) of ``propagate``."""
+    return torch.fft.ifft2(far, norm="ortho")
+
+
 def far_field(exit_waves: torch.Tensor) -> torch.Tensor:
     """Centred unitary far field: fftshift(fft2(psi, norm="ortho")) over the last two axes."""
-    return torch.fft.fftshift(torch.fft.fft2(exit_waves, norm="ortho"), dim=(-2, -1))
+    return centre(propagate(exit_waves))
+
+
+def centre(patterns: torch.Tensor) -> torch.Tensor:
+    """Patterns (..., N, N) with the zero frequency moved from [0, 0] to [N/2, N/2] (fftshift)."""
+    return torch.fft.fftshift(patterns, dim=(-2, -1))
+
+
+def uncentre(patterns: torch.Tensor) -> torch.Tensor:
+    """Patterns (..., N, N) with the zero frequency moved from [N/2, N/2] to [0, 0] (ifftshift):
+    measured amplitudes and detector masks in the frame of ``propagate``."""
+    return torch.fft.ifftshift(patterns, dim=(-2, -1))
+
+
+def modulus_projection(far: torch.Tensor, measured: torch.Tensor, modulus: torch.Tensor, *, floor: float) -> torch.Tensor:
+    """Far field with the measured modulus and the model's phase: F' = F A / max(|F|, floor).
+
+    far: (..., N, N) complex, e.g. (B, K, N, N) for K incoherent modes; measured A and modulus
+    |F| broadcast against it in any frame shared with ``far`` (for modes, |F| = sqrt(Σ_k |F_k|²),
+    so every mode is scaled by the same A / |F|). Where F = 0 exactly it stays 0 (0 times a finite
+    ratio). ``floor`` keeps the ratio finite: 1e-30 for iterative loops (amplitudes far below
+    1e8), larger where the projection is differentiated (gradients of A / |F| grow as 1 / |F|²).
+    """
+    return far * (measured / modulus.clamp(min=floor))
+
+
+def fourier_translate(images: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
+    """Translate N x N images by shifts (P, 2) = (dx, dy) px with a Fourier shift -> (P, N, N).
+
+    images: (N, N) (one image, shifted P ways, e.g. the probe) or (P, N, N) (one shift each).
+    Content moves by +d: out[r, c] = image[r - dy, c - dx] for integer d, the sign of
+    ``translate``, periodically within the N x N grid (the phase ramp exp(-2 pi i (kx dx + ky dy))
+    on fft2, frequencies of ``fftfreq``). Unitary: the adjoint (and inverse) is
+    ``fourier_translate_adjoint``, the translation by -d.
+    """
+    size = images.shape[-1]
+    frequencies = torch.fft.fftfreq(size, dtype=torch.float64)
+    shift = shift_xy.to(torch.float64)
+    phase = -2.0 * math.pi * (
+        shift[:, 0].view(-1, 1, 1) * frequencies.view(1, 1, -1) + shift[:, 1].view(-1, 1, 1) * frequencies.view(1, -1, 1)
+    )
+    ramp = torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
+    return torch.fft.ifft2(torch.fft.fft2(images) * ramp)
+
+
+def fourier_translate_adjoint(images: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
+    """Adjoint (and inverse) of ``fourier_translate``: images (P, N, N) or (N, N) translated by -d."""
+    return fourier_translate(images, -shift_xy)
 
 
 def forward_amplitude(object_patches: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,26 @@ def canvas_frame(xcoords: np.ndarray, ycoords: np.ndarray, size: int) -> tuple[t
     return (x0, y0), (height, width)
 
 
+def window_geometry(
+    xcoords: np.ndarray, ycoords: np.ndarray, size: int, origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer N x N windows of window centres (P,) on a canvas at ``origin``, and their sub-pixel remainders.
+
+    The one rounding rule for a window's integer centre: round half up, X = floor(x + 1/2).
+    Returns (rows0 (P,) int64, cols0 (P,) int64, remainder_xy (P, 2) float64): the canvas
+    pixel of each window's [0, 0] corner, rows0 = floor(y + 1/2) - N/2 - y0 (cols0 likewise),
+    and (f_x, f_y) = (x, y) - floor((x, y) + 1/2), each in [-1/2, 1/2). Windows may leave the
+    canvas; the caller checks.
+    """
+    x0, y0 = origin
+    x = np.asarray(xcoords, dtype=np.float64)
+    y = np.asarray(ycoords, dtype=np.float64)
+    x_int, y_int = np.floor(x + 0.5), np.floor(y + 0.5)
+    cols0 = x_int.astype(np.int64) - size // 2 - x0
+    rows0 = y_int.astype(np.int64) - size // 2 - y0
+    return rows0, cols0, np.stack((x - x_int, y - y_int), axis=-1)
+
+
 @dataclass(frozen=True, eq=False)
 class Placed:
     """Patches on the canvas grid: weighted values (P, h, w) complex64, their weights (P, h, w)

@@ -80,6 +80,8 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
         scan, _ = load_scan(config.train_file, config)
         train, test = split_spatially(scan, config.test_fraction, config.train_file)
     if config.probe_refinement_sweeps:
+        from ptycho.iterative.probe_refinement import refine_probe
+
         train, test = refine_probe(train, test, config.probe_refinement_sweeps)
     validate(train, str(train_path))
     validate(test, str(test_path))
@@ -87,35 +89,6 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
     save_dataset(test, test_path)
     figures.dataset_preview(train, preview_path, f"training data ({config.source.value})")
     return train, test
-
-
-def refine_probe(train: PtychoDataset, test: PtychoDataset, sweeps: int) -> tuple[PtychoDataset, PtychoDataset]:
-    """Both scans with the probe that ``sweeps`` rPIE sweeps with probe update refine on the training scan.
-
-    A file's probe is often a starting guess (tike's and ptychodus's files, a probe from another
-    scan): the iterative engine can refine it, the network cannot (it is trained against a fixed
-    probe, and a wrong one leaves phase ramps and no detail). The probe belongs to the instrument,
-    so the test scan gets the one refined on the training scan. Incoherent modes are refined
-    together (mode 0 is ``probe``). Recorded in both files' metadata.
-    """
-    from ptycho.baseline import run_baseline
-
-    settings = BaselineConfig(iterations=sweeps, update_probe=True)  # rPIE, batch and steps as the baseline's defaults
-    started = time.perf_counter()
-    reconstruction, errors = run_baseline(train, settings, progress=False)
-    refined = np.asarray(reconstruction.probe, dtype=np.complex64)
-    modes = refined if refined.ndim == 3 else None
-    record = {
-        "probe_refined": {
-            "algorithm": settings.algorithm.value, "sweeps": sweeps, "on": "training scan",
-            "error_first_sweep": round(float(errors[0]), 6), "error_last_sweep": round(float(errors[-1]), 6),
-            "wall_time_s": round(time.perf_counter() - started, 2),
-        }
-    }
-    return tuple(
-        dataclasses.replace(data, probe=refined[0] if modes is not None else refined, probe_modes=modes, metadata={**data.metadata, **record})
-        for data in (train, test)
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,8 +230,8 @@ def infer(
     """Load only the bundle, reconstruct the test scan, write the reconstruction, a PNG and timings
     (and, given `product_path`, the reconstruction as a ptychodus product.h5)."""
     from ptycho import figures
-    from ptycho.baseline import pixel_size_of
     from ptycho.bundle import load_bundle
+    from ptycho.data import pixel_size_of
     from ptycho.inference import reconstruct
     from ptycho.reconstruction import save_reconstruction
 
@@ -288,18 +261,20 @@ def scoring_probe(reconstruction: Reconstruction, data: PtychoDataset) -> np.nda
 def scorable_positions(reconstruction: Reconstruction, data: PtychoDataset) -> np.ndarray:
     """Indices of the positions whose window the reconstruction covers wherever its probe is bright.
 
-    Bright: total probe amplitude sqrt(Σ_k |P_k|²) >= 10 % of its peak.
+    Bright: total probe amplitude sqrt(Σ_k |P_k|²) >= 10 % of its peak. Windows are the integer
+    windows of ``stitching.window_geometry`` (the iterative engine's).
     """
+    from ptycho.stitching import window_geometry
+
     size = data.pattern_size
-    x0, y0 = reconstruction.origin
     amplitude = np.sqrt(np.sum(np.abs(scoring_probe(reconstruction, data)) ** 2, axis=0))
     if amplitude.shape != (size, size):
         raise DataError(f"reconstruction ({reconstruction.method}): key 'probe': shape {amplitude.shape} does not match the {size} px patterns")
     bright = amplitude >= 0.1 * amplitude.max()
     covered = reconstruction.coverage > 0
+    rows0, cols0, _ = window_geometry(data.xcoords, data.ycoords, size, reconstruction.origin)
     keep = []
-    for index, (x, y) in enumerate(zip(data.xcoords, data.ycoords)):
-        col, row = int(round(x)) - x0 - size // 2, int(round(y)) - y0 - size // 2
+    for index, (row, col) in enumerate(zip(rows0.tolist(), cols0.tolist())):
         window = covered[max(row, 0) : row + size, max(col, 0) : col + size]
         if row >= 0 and col >= 0 and window.shape == (size, size) and window[bright].all():
             keep.append(index)
@@ -488,11 +463,11 @@ def baseline(
     """Iterative reference reconstruction of the test scan, in the network's output format (with
     the probe it used or refined; given `product_path`, also as a ptychodus product.h5)."""
     from ptycho import figures
-    from ptycho.baseline import run_baseline
+    from ptycho.iterative.pie import run_pie
     from ptycho.reconstruction import save_reconstruction
 
     started = time.perf_counter()
-    reconstruction, errors = run_baseline(test_data, config)
+    reconstruction, errors = run_pie(test_data, config)
     seconds = time.perf_counter() - started
     save_reconstruction(reconstruction, reconstruction_path)
     if product_path:
@@ -515,13 +490,13 @@ def refine(
     network's reconstruction (its object and calibrated probe). The stats count the network's
     inference time too, so ``wall_time_s`` is what the hybrid costs from diffraction to object."""
     from ptycho import figures
-    from ptycho.baseline import run_baseline
+    from ptycho.iterative.pie import run_pie
     from ptycho.reconstruction import load_reconstruction, save_reconstruction
 
     network = load_reconstruction(reconstruction_path)
     network_seconds = json.loads(Path(infer_stats_path).read_text())["wall_time_s"]
     started = time.perf_counter()
-    reconstruction, errors = run_baseline(test_data, config, progress=False, initial=network)
+    reconstruction, errors = run_pie(test_data, config, progress=False, initial=network)
     seconds = time.perf_counter() - started + network_seconds
     save_reconstruction(reconstruction, refined_path)
     figures.reconstruction_figure(reconstruction, figure_path, f"network + {config.iterations} {config.algorithm.value} sweeps")

@@ -14,17 +14,13 @@ import torch
 from scipy import ndimage
 
 from ptycho import metrics, physics
-from ptycho.baseline import (
-    fourier_translate,
-    model_amplitudes,
-    run_baseline,
-    window_geometry,
-)
+from ptycho.iterative.forward import model_amplitudes
+from ptycho.iterative.pie import run_pie
 from ptycho.config import Algorithm, BaselineConfig, PrepareConfig
 from ptycho.errors import ConfigError
 from ptycho.reconstruction import Reconstruction
 from ptycho.simulate import simulate_train_test
-from ptycho.stitching import canvas_frame
+from ptycho.stitching import canvas_frame, window_geometry
 
 SMALL = PrepareConfig(
     N=32, train_object_px=96, test_object_px=80, step_px=4.0, probe_diameter_px=8.0,
@@ -44,7 +40,7 @@ def score(scan, reconstruction, register=False):
 
 
 def run(scan, **settings):
-    return run_baseline(scan, BaselineConfig(**settings), progress=False)
+    return run_pie(scan, BaselineConfig(**settings), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -59,32 +55,6 @@ def rpie_sequential(scan):
 
 # --------------------------------------------------------------------------------------------
 # Forward model
-
-
-def test_fourier_translate_moves_a_bright_pixel_by_plus_d():
-    probe = torch.zeros(16, 16, dtype=torch.complex64)
-    probe[8, 8] = 1.0
-    moved = fourier_translate(probe, torch.tensor([[3.0, -2.0], [0.0, 0.0]]))
-    # content moves by +d: (dx, dy) = (3, -2) takes [8, 8] to [row 6, col 11]
-    assert torch.argmax(moved[0].abs()).item() == 6 * 16 + 11
-    np.testing.assert_allclose(moved[0].abs().max().item(), 1.0, atol=1e-5)
-    np.testing.assert_allclose(moved[1].numpy(), probe.numpy(), atol=1e-6)
-
-
-def test_fourier_translate_agrees_with_physics_translate_on_a_smooth_probe_and_is_unitary():
-    rows, cols = np.mgrid[0:32, 0:32] - 16
-    probe = torch.from_numpy(np.exp(-(rows**2 + cols**2) / 20.0 + 0.3j * cols).astype(np.complex64))
-    shift = torch.tensor([[0.4, -0.3]])
-    fourier = fourier_translate(probe, shift)[0]
-    bilinear = physics.translate(probe, shift[0].float())
-    # measured max differences: 0.032 (bilinear interpolation error), 0.25 for the mirrored
-    # shift, 0.13 for no shift at all
-    difference = (fourier - bilinear).abs().max().item()
-    assert difference < 0.05
-    assert difference < 0.2 * (fourier_translate(probe, -shift)[0] - bilinear).abs().max().item()
-    assert difference < 0.4 * (probe - bilinear).abs().max().item()
-    back = fourier_translate(fourier.unsqueeze(0), -shift)[0]
-    np.testing.assert_allclose(back.numpy(), probe.numpy(), atol=1e-5)
 
 
 def test_integer_window_and_shifted_probe_reproduce_the_simulated_patterns(scan):
@@ -109,6 +79,29 @@ def test_integer_window_and_shifted_probe_reproduce_the_simulated_patterns(scan)
     mirrored = error(rounded_x - remainder[:, 0], rounded_y - remainder[:, 1])
     assert with_shift < 0.01
     assert with_shift < 0.5 * ignored < mirrored
+
+
+def test_the_loop_runs_model_amplitudes(scan):
+    # Started from the true object with a step too small to move it, the first sweep's error is
+    # the misfit of model_amplitudes on the same (calibrated) probe: the loop and the function
+    # the tests above pin are one forward model.
+    origin, shape = canvas_frame(scan.xcoords, scan.ycoords, scan.pattern_size)
+    frame = Reconstruction(np.zeros(shape, np.complex64), origin, np.ones(shape, np.float32), "frame")
+    truth = frame.truth_window(scan.object, "test")
+    unit, scale = physics.calibrate_probe(scan.probe, scan.amplitudes)
+    start = Reconstruction(truth, origin, np.ones(shape, np.float32), "truth", probe=unit * np.float32(scale))
+    settings = BaselineConfig(iterations=1, batch_size=16, object_step=1e-12)
+    _, errors = run_pie(scan, settings, progress=False, initial=start)
+    predicted = model_amplitudes(torch.from_numpy(truth), origin, scan.xcoords, scan.ycoords, torch.from_numpy(unit) * scale)
+    assert errors[0] == pytest.approx(metrics.normalised_error(scan.amplitudes, predicted.numpy()), rel=1e-4)
+    # and not the model of a neighbouring convention (no sub-pixel probe shift)
+    _, _, remainder = window_geometry(scan.xcoords, scan.ycoords, scan.pattern_size, origin)
+    rounded = model_amplitudes(
+        torch.from_numpy(truth), origin, scan.xcoords - remainder[:, 0], scan.ycoords - remainder[:, 1], torch.from_numpy(unit) * scale
+    )
+    assert abs(errors[0] - metrics.normalised_error(scan.amplitudes, rounded.numpy())) > 10 * abs(
+        errors[0] - metrics.normalised_error(scan.amplitudes, predicted.numpy())
+    )
 
 
 def test_model_amplitudes_refuse_windows_outside_the_canvas():
@@ -270,17 +263,17 @@ def test_progress_bar_shows_the_error_on_a_terminal_only(capsys, monkeypatch):
 
     scan = simulate_train_test(dataclasses.replace(SMALL, test_object_px=48))[1]
     settings = BaselineConfig(algorithm="epie", iterations=2, batch_size=8)
-    run_baseline(scan, settings, progress=True)
+    run_pie(scan, settings, progress=True)
     assert capsys.readouterr().err == ""  # a log file (CI, dvc queue logs) gets no bar
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    run_baseline(scan, settings, progress=True)
+    run_pie(scan, settings, progress=True)
     shown = capsys.readouterr().err
     assert "baseline-epie" in shown and "error=" in shown
 
 
-def test_run_baseline_refuses_something_else_than_settings(scan):
+def test_run_pie_refuses_something_else_than_settings(scan):
     with pytest.raises(ConfigError, match="BaselineConfig"):
-        run_baseline(scan, {"algorithm": "epie"}, progress=False)
+        run_pie(scan, {"algorithm": "epie"}, progress=False)
 
 
 def test_on_iteration_sees_each_sweep_and_can_stop_the_run(scan):
@@ -290,7 +283,7 @@ def test_on_iteration_sees_each_sweep_and_can_stop_the_run(scan):
         seen.append((sweeps, tuple(obj.shape)))
         return sweeps == 3
 
-    _, errors = run_baseline(scan, BaselineConfig(algorithm="rpie", iterations=20, batch_size=16), progress=False, on_iteration=stop_after_three)
+    _, errors = run_pie(scan, BaselineConfig(algorithm="rpie", iterations=20, batch_size=16), progress=False, on_iteration=stop_after_three)
     assert [sweeps for sweeps, _ in seen] == [1, 2, 3] and len(errors) == 3
     assert seen[0][1] == canvas_frame(scan.xcoords, scan.ycoords, scan.pattern_size)[1]
 

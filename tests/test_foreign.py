@@ -8,7 +8,8 @@ import pytest
 
 from foreign_data import build_scan, defocused_ring_probe, write_scan
 from ptycho import physics, workflows
-from ptycho.baseline import run_baseline
+from ptycho.iterative.pie import run_pie
+from ptycho.iterative.probe_refinement import refine_probe
 from ptycho.bundle import load_bundle
 from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, Source, TrainConfig
 from ptycho.data import PtychoDataset, load_dataset
@@ -63,7 +64,7 @@ def test_probe_units_do_not_change_the_reconstructions_or_metrics(foreign_pair, 
         train, test = as_dataset(train_arrays, factor), as_dataset(test_arrays, factor)
         workflows.train(train, FAST_MODEL, FAST_TRAIN, folder / "wts.h5.zip", folder / "h.csv", folder / "m.json", folder / "ck")
         network = workflows.infer(test, folder / "wts.h5.zip", InferConfig(), folder / "net.npz", folder / "net.png", folder / "net.json")
-        baseline, _ = run_baseline(test, BaselineConfig(algorithm="rpie", iterations=5, batch_size=16), progress=False)
+        baseline, _ = run_pie(test, BaselineConfig(algorithm="rpie", iterations=5, batch_size=16), progress=False)
         r_factors = [workflows.data_consistency(r, test)["r_factor"] for r in (network, baseline)]
         results[factor] = (network, baseline, load_bundle(folder / "wts.h5.zip").probe_scale, r_factors)
     reference = results[1.0]
@@ -80,7 +81,7 @@ def test_baseline_calibration_absorbs_decimal_probe_units(foreign_pair):
     # 1e-3 and 1e3 are not exact in floating point; rPIE converges, so the rounding stays small.
     _, test_arrays = foreign_pair
     objects = [
-        run_baseline(as_dataset(test_arrays, factor), BaselineConfig(algorithm="rpie", iterations=10, batch_size=16), progress=False)[0].object
+        run_pie(as_dataset(test_arrays, factor), BaselineConfig(algorithm="rpie", iterations=10, batch_size=16), progress=False)[0].object
         for factor in (1e-3, 1.0, 1e3)
     ]
     for found in objects:
@@ -163,7 +164,7 @@ def test_probe_refinement_keeps_incoherent_modes():
     arrays = build_scan(size=32, n_per_side=8, step_px=5, spot_diameter_px=24.0, seed=4)
     modes = np.stack([arrays["probeGuess"], 0.2 * defocused_ring_probe(32, 16.0)]).astype(np.complex64)
     data = dataclasses.replace(as_dataset(arrays), probe_modes=modes)
-    train, test = workflows.refine_probe(data, data, sweeps=3)
+    train, test = refine_probe(data, data, sweeps=3)
     for refined in (train, test):
         assert refined.probe_modes.shape == (2, 32, 32)
         np.testing.assert_array_equal(refined.probe, refined.probe_modes[0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ptycho import workflows
-from ptycho.baseline import run_baseline
+from ptycho.iterative.pie import run_pie
 from ptycho.config import RefineConfig
 from ptycho.data import load_dataset
 from ptycho.errors import ConfigError, DataError
@@ -39,8 +39,8 @@ def test_refinement_starts_from_the_given_object_not_a_flat_one(evaluated_run):
     test = load_dataset(run.test_path)
     network = load_reconstruction(run.folder / "reconstruction.npz")
     settings = RefineConfig(iterations=1, batch_size=16)
-    from_network, network_errors = run_baseline(test, settings, progress=False, initial=network)
-    from_flat, flat_errors = run_baseline(test, settings, progress=False)
+    from_network, network_errors = run_pie(test, settings, progress=False, initial=network)
+    from_flat, flat_errors = run_pie(test, settings, progress=False)
     assert network_errors[0] < 0.5 * flat_errors[0]  # the first sweep already sees the network's object
     assert not np.allclose(from_network.object, from_flat.object)
 
@@ -51,7 +51,7 @@ def test_an_initial_reconstruction_of_another_scan_is_refused(evaluated_run):
     network = load_reconstruction(run.folder / "reconstruction.npz")
     moved = dataclasses.replace(network, origin=(network.origin[0] + 3, network.origin[1]))
     with pytest.raises(DataError, match="same scan"):
-        run_baseline(test, RefineConfig(iterations=1), progress=False, initial=moved)
+        run_pie(test, RefineConfig(iterations=1), progress=False, initial=moved)
 
 
 def test_refine_settings_are_checked_under_their_own_section():

@@ -1,33 +1,12 @@
-"""Iterative reference reconstruction: ePIE and rPIE on the stitching canvas.
+"""ePIE and rPIE on the stitching canvas, as named steps: forward, modulus projection, object
+update, probe update (``run_pie`` runs them; the forward model is ``ptycho.iterative.forward``).
 
-The baseline solves the same inverse problem as the network with the same forward model
+The engine solves the same inverse problem as the network with the same forward model
 (DESIGN.md §2), so the two reconstructions can be scored by one evaluation code path.
 
-Frame. The object is reconstructed on the canvas of :func:`ptycho.stitching.canvas_frame`:
-canvas pixel [r, c] sits at x = x0 + c, y = y0 + r (``origin = (x0, y0)``), the frame of
-:class:`ptycho.reconstruction.Reconstruction`.
-
-Forward model. Position j (window centre (x_j, y_j)) is split into an integer window and a
-sub-pixel remainder: ``x_j = X_j + f_j`` with ``X_j = floor(x_j + 1/2)`` (round half up) and
-``f_j`` in [-1/2, 1/2) (rows likewise). The object patch is the exact integer window
-``O[Y_j - N/2 + r, X_j - N/2 + c]`` (no interpolation of the object), and the remainder is
-carried by the **probe, translated by +f_j** (content moves by +f, the sign of
-``physics.translate``) with a Fourier shift, ``P_j = ifft2(fft2(P) exp(-2 pi i (kx f_x + ky f_y)))``.
-Why this is the network's model: the data model is psi = P[r, c] O(Y - N/2 + r + f_y,
-X - N/2 + c + f_x); substituting r -> r - f_y, c -> c - f_x gives the exit wave
-P(r - f_y, c - f_x) O[Y - N/2 + r, X - N/2 + c], i.e. (translated probe) x (integer window),
-translated by -f as a whole, and a translation of the exit wave only multiplies its far field
-by a phase ramp, which |F| does not see. Two approximations remain and are stated here: the
-Fourier shift is periodic (the probe must be small against the N x N window, as it must be
-anyway) and the simulated data sample the object bilinearly (``physics.extract_patches``),
-which low-pass filters sub-pixel windows slightly. Measured on the test suite's simulated scan
-(true object, N = 32): normalised amplitude error 0.5 % with the probe shift, 2.2 % when the
-remainder is ignored (integer rounding alone), and worse with the mirrored sign.
-
-Amplitude constraint. F = fftshift(fft2(psi, norm="ortho")); F' = A F / |F|;
-psi' = ifft2(ifftshift(F'), norm="ortho"). ``fftshift`` is a permutation, so this is computed
-as ifft2(ifftshift(A) * G / |G|) with G = fft2(psi) unshifted, which is the same numbers
-without two permutations per pattern.
+Amplitude constraint. F = fft2(psi, norm="ortho") (unshifted, ``physics.propagate``);
+F' = A F / |F| (``physics.modulus_projection``, A the measured amplitudes moved to the same
+frame); psi' = ifft2(F', norm="ortho") (``physics.backpropagate``).
 
 Updates (one small function per algorithm gives the step weight; everything else is shared).
 With Δψ_j = psi'_j - psi_j and, for a batch of positions computed against the same object
@@ -75,117 +54,74 @@ import torch
 from tqdm.auto import tqdm
 
 from ptycho import physics
-from ptycho.config import Algorithm, BaselineConfig
-from ptycho.data import PtychoDataset, validate
+from ptycho.config import BaselineConfig
+from ptycho.data import PtychoDataset, pixel_size_of, validate
 from ptycho.errors import ConfigError, DataError
+from ptycho.iterative.forward import Windows, coverage_map, forward, gather_patches, translate_modes
+from ptycho.iterative.weights import STEP_WEIGHTS
 from ptycho.reconstruction import Reconstruction
 from ptycho.stitching import canvas_frame
 
 _CACHE_LIMIT_BYTES = 512 * 2**20
 """With a fixed probe the M translated probes are computed once if they fit in this memory."""
 
-
-# --------------------------------------------------------------------------------------------
-# Step weights: the only thing ePIE and rPIE do differently.
-
-
-def epie_weight(illumination: torch.Tensor, step: float, rpie_alpha: float) -> torch.Tensor:
-    """ePIE (Maiden & Rodenburg 2009): step / max|P|², one scalar for the whole update."""
-    del rpie_alpha
-    return torch.full_like(illumination, step) / illumination.max()
-
-
-def rpie_weight(illumination: torch.Tensor, step: float, rpie_alpha: float) -> torch.Tensor:
-    """rPIE (Maiden, Johnson & Li 2017): step / ((1 - a)|P|² + a max|P|²), per pixel."""
-    return step / ((1.0 - rpie_alpha) * illumination + rpie_alpha * illumination.max())
-
-
-STEP_WEIGHTS = {Algorithm.EPIE: epie_weight, Algorithm.RPIE: rpie_weight}
+_MODULUS_FLOOR = 1e-30
+"""Where F = 0 exactly (outside the probe's band limit) it stays 0: the floor keeps A / |F|
+finite (amplitudes far below 1e8) and 0 * finite = 0."""
 
 
 # --------------------------------------------------------------------------------------------
-# Geometry and forward model
+# Update steps
 
 
-def window_geometry(
-    xcoords: np.ndarray, ycoords: np.ndarray, size: int, origin: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Integer windows and sub-pixel remainders of window centres (P,) on a canvas at ``origin``.
+def object_update(
+    obj: torch.Tensor, windows: Windows, batch: torch.Tensor, probes: torch.Tensor, intensities: torch.Tensor,
+    delta: torch.Tensor, *, weight, step: float, rpie_alpha: float,
+) -> None:
+    """Add the batch's object update to the canvas object (H, W) in place.
 
-    Returns (rows0 (P,) int64, cols0 (P,) int64, remainder_xy (P, 2) float64): the canvas
-    pixel of each window's [0, 0] corner, rows0 = floor(y + 1/2) - N/2 - y0 (cols0 likewise),
-    and (f_x, f_y) = (x, y) - floor((x, y) + 1/2), each in [-1/2, 1/2).
+    Numerators conj(P_j) Δψ_j (summed over modes) and illuminations Σ_k |P_kj|² (``intensities``
+    (B, N, N)) are summed on the bounding box of the batch's windows; ``weight`` (``STEP_WEIGHTS``)
+    turns the summed illumination into the step. probes, delta: (B, K, N, N).
     """
-    x0, y0 = origin
-    x = np.asarray(xcoords, dtype=np.float64)
-    y = np.asarray(ycoords, dtype=np.float64)
-    x_int, y_int = np.floor(x + 0.5), np.floor(y + 0.5)
-    cols0 = x_int.astype(np.int64) - size // 2 - x0
-    rows0 = y_int.astype(np.int64) - size // 2 - y0
-    return rows0, cols0, np.stack((x - x_int, y - y_int), axis=-1)
+    size = windows.size
+    grid = torch.arange(size)
+    r0, c0 = windows.rows0[batch.numpy()], windows.cols0[batch.numpy()]
+    top, left = int(r0.min()), int(c0.min())
+    box_h, box_w = int(r0.max()) - top + size, int(c0.max()) - left + size
+    local = torch.from_numpy((r0 - top) * box_w + (c0 - left)).view(-1, 1) + (
+        grid.view(-1, 1) * box_w + grid.view(1, -1)
+    ).reshape(1, -1)
+    numerator = torch.zeros(box_h * box_w, dtype=torch.complex64)
+    numerator.index_add_(0, local.reshape(-1), (probes.conj() * delta).sum(dim=1).reshape(-1))
+    illumination = torch.zeros(box_h * box_w, dtype=torch.float32)
+    illumination.index_add_(0, local.reshape(-1), intensities.reshape(-1))
+    # Outside the windows the numerator is 0 and the (finite, rpie_alpha > 0) step irrelevant.
+    obj[top : top + box_h, left : left + box_w] += (weight(illumination, step, rpie_alpha) * numerator).view(box_h, box_w)
 
 
-def fourier_translate(images: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
-    """Translate N x N images by shifts (P, 2) = (dx, dy) px with a Fourier shift -> (P, N, N).
-
-    images: (N, N) (one image, shifted P ways, e.g. the probe) or (P, N, N) (one shift each).
-    Content moves by +d: out[r, c] = image[r - dy, c - dx] for integer d, the sign of
-    ``physics.translate``, periodically within the N x N grid. Unitary: the adjoint (and
-    inverse) is the translation by -d.
-    """
-    size = images.shape[-1]
-    frequencies = torch.fft.fftfreq(size, dtype=torch.float64)
-    shift = shift_xy.to(torch.float64)
-    phase = -2.0 * math.pi * (
-        shift[:, 0].view(-1, 1, 1) * frequencies.view(1, 1, -1) + shift[:, 1].view(-1, 1, 1) * frequencies.view(1, -1, 1)
-    )
-    ramp = torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
-    return torch.fft.ifft2(torch.fft.fft2(images) * ramp)
-
-
-def translate_modes(probe: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
-    """Probe (N, N) or modes (K, N, N) translated by each of P shifts (P, 2) -> (P, K, N, N) (``fourier_translate``)."""
-    return torch.stack([fourier_translate(mode, shift_xy) for mode in probe.reshape(-1, *probe.shape[-2:])], dim=1)
-
-
-def model_amplitudes(
-    obj: torch.Tensor, origin: tuple[int, int], xcoords: np.ndarray, ycoords: np.ndarray, probe: torch.Tensor
+def probe_update(
+    probe: torch.Tensor, patches: torch.Tensor, delta: torch.Tensor, remainder: torch.Tensor, *,
+    weight, step: float, rpie_alpha: float,
 ) -> torch.Tensor:
-    """The baseline's forward model: sqrt(sum_k |F(P_kj · O_window_j)|²) (P, N, N) for a canvas object (H, W).
+    """The probe modes (K, N, N) after the batch's probe update (a new tensor).
 
-    probe: (N, N), or (K, N, N) incoherent modes whose intensities add. Integer windows of the
-    canvas at ``origin`` and the probe translated by each position's sub-pixel remainder
-    (module docstring). Every window must lie inside the canvas.
+    Numerator of position j: conj(O_j) Δψ_kj translated back by -f_j (``physics.fourier_translate_adjoint``
+    of the probe shift), summed over the batch; illumination Σ_j |O_j|² on the probe grid.
+    patches: (B, 1, N, N); delta: (B, K, N, N); remainder: (B, 2) the batch's sub-pixel remainders.
     """
-    size = probe.shape[-1]
-    rows0, cols0, remainder = window_geometry(xcoords, ycoords, size, origin)
-    corners, offsets = _flat_windows(rows0, cols0, size, obj.shape)
-    index = corners.view(-1, 1) + offsets
-    probes = translate_modes(probe, torch.from_numpy(remainder))
-    patches = obj.reshape(-1).index_select(0, index.view(-1)).view(-1, 1, size, size)
-    far = torch.fft.fftshift(torch.fft.fft2(probes * patches, norm="ortho"), dim=(-2, -1))
-    return torch.sqrt((far.real**2 + far.imag**2).sum(dim=1))
-
-
-def _flat_windows(
-    rows0: np.ndarray, cols0: np.ndarray, size: int, shape: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(corners (P,), offsets (1, N*N)): flat canvas indices of the N x N windows are corners + offsets.
-
-    Raises ValueError when a window leaves the (H, W) canvas (a flat index would wrap silently).
-    """
-    height, width = shape
-    if rows0.min() < 0 or cols0.min() < 0 or rows0.max() + size > height or cols0.max() + size > width:
-        raise ValueError(f"probe windows (N={size}) fall outside the {height} x {width} canvas")
-    offsets = torch.arange(size).view(-1, 1) * width + torch.arange(size).view(1, -1)
-    return torch.from_numpy(rows0 * width + cols0), offsets.reshape(1, -1)
+    gradient = torch.stack(
+        [physics.fourier_translate_adjoint(patches[:, 0].conj() * delta[:, k], remainder).sum(dim=0) for k in range(probe.shape[0])]
+    )
+    illumination = (patches.real**2 + patches.imag**2).sum(dim=(0, 1))
+    return probe + weight(illumination, step, rpie_alpha) * gradient
 
 
 # --------------------------------------------------------------------------------------------
 # Reconstruction
 
 
-def run_baseline(
+def run_pie(
     data: PtychoDataset,
     settings: BaselineConfig,
     progress: bool = True,
@@ -218,18 +154,16 @@ def run_baseline(
     """
     if not isinstance(settings, BaselineConfig):
         raise ConfigError(f"baseline: expected BaselineConfig, got {type(settings).__name__}")
-    validate(data, "run_baseline")
+    validate(data, "run_pie")
     size, count = data.pattern_size, data.n_patterns
     origin, (height, width) = canvas_frame(data.xcoords, data.ycoords, size)
-    rows0, cols0, remainder = window_geometry(data.xcoords, data.ycoords, size, origin)
-    corners, offsets = _flat_windows(rows0, cols0, size, (height, width))  # window = corners[j] + offsets
-    remainder_t = torch.from_numpy(remainder)
+    windows = Windows.on_canvas(data.xcoords, data.ycoords, size, origin, (height, width))
     # Patterns are read batch by batch (from their file when the dataset reads them by rows) and
-    # ifftshifted as read: the amplitude constraint then works on unshifted fft2 output.
-    valid = None if data.mask is None else torch.fft.ifftshift(torch.from_numpy(data.mask), dim=(-2, -1))
+    # moved to the unshifted frame of physics.propagate as read.
+    valid = None if data.mask is None else physics.uncentre(torch.from_numpy(data.mask))
     total_energy = float(np.sum(physics.pattern_totals(data.amplitudes)))
     if total_energy <= 0:
-        raise DataError("run_baseline: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
+        raise DataError("run_pie: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
 
     # The file's probe is in arbitrary units: calibrate it (all modes together) to the counts
     # (Parseval, as the network does), so that the flat start |O| = 1 is at the scale of the
@@ -242,12 +176,11 @@ def run_baseline(
     flat = obj.view(-1)
     cache = None
     if not settings.update_probe and count * probe.shape[0] * size * size * 8 <= _CACHE_LIMIT_BYTES:
-        cache = translate_modes(probe, remainder_t)  # (M, K, N, N)
+        cache = translate_modes(probe, windows.remainder)  # (M, K, N, N)
         cache_intensity = (cache.real**2 + cache.imag**2).sum(dim=1)
-    weight = STEP_WEIGHTS[settings.algorithm]
+    steps = dict(weight=STEP_WEIGHTS[settings.algorithm], rpie_alpha=settings.rpie_alpha)
     batch_size = min(settings.batch_size, count)
     generator = torch.Generator().manual_seed(int(settings.seed))
-    grid = torch.arange(size)
 
     errors: list[float] = []
     # disable=None: no bar when stderr is not a terminal (CI, dvc queue logs), where each refresh is a line
@@ -257,56 +190,28 @@ def run_baseline(
         misfit = 0.0
         for start in range(0, count, batch_size):
             batch = order[start : start + batch_size]
-            probes = cache.index_select(0, batch) if cache is not None else translate_modes(probe, remainder_t[batch])
-            # index_select, not flat[...]: the same gather without a parallel region per call
-            window_index = corners.index_select(0, batch).view(-1, 1) + offsets  # (B, N*N)
-            patches = flat.index_select(0, window_index.view(-1)).view(-1, 1, size, size)
-            exit_waves = probes * patches  # (B, K, N, N)
-            far = torch.fft.fft2(exit_waves, norm="ortho")
-            modulus = torch.sqrt((far.real**2 + far.imag**2).sum(dim=1))  # (B, N, N)
-            target = torch.fft.ifftshift(torch.from_numpy(data.amplitudes[batch.numpy()]), dim=(-2, -1))
+            if cache is not None:
+                probes, intensities = cache.index_select(0, batch), cache_intensity.index_select(0, batch)
+            else:
+                probes = translate_modes(probe, windows.remainder[batch])
+                intensities = (probes.real**2 + probes.imag**2).sum(dim=1)
+            patches = gather_patches(flat, windows.index(batch), size)
+            exit_waves, far, modulus = forward(probes, patches)
+            target = physics.uncentre(torch.from_numpy(data.amplitudes[batch.numpy()]))
             if valid is not None:  # masked pixels keep the model's modulus (no constraint there)
                 target = torch.where(valid, target, modulus)
             misfit += float(torch.sum((modulus - target) ** 2))
-            # Where F = 0 exactly (outside the probe's band limit) it stays 0: the clamp keeps
-            # A / |F| finite (amplitudes far below 1e8) and 0 * finite = 0.
-            ratio = (target / modulus.clamp(min=1e-30)).unsqueeze(1)
-            delta = torch.fft.ifft2(far * ratio, norm="ortho") - exit_waves
-
-            # Object: sum the batch's updates on the bounding box of its windows.
-            r0, c0 = rows0[batch.numpy()], cols0[batch.numpy()]
-            top, left = int(r0.min()), int(c0.min())
-            box_h, box_w = int(r0.max()) - top + size, int(c0.max()) - left + size
-            local = torch.from_numpy((r0 - top) * box_w + (c0 - left)).view(-1, 1) + (
-                grid.view(-1, 1) * box_w + grid.view(1, -1)
-            ).reshape(1, -1)
-            numerator = torch.zeros(box_h * box_w, dtype=torch.complex64)
-            numerator.index_add_(0, local.reshape(-1), (probes.conj() * delta).sum(dim=1).reshape(-1))
-            illumination = torch.zeros(box_h * box_w, dtype=torch.float32)
-            intensities = cache_intensity.index_select(0, batch) if cache is not None else (probes.real**2 + probes.imag**2).sum(dim=1)
-            illumination.index_add_(0, local.reshape(-1), intensities.reshape(-1))
-            # Outside the windows the numerator is 0 and the (finite, rpie_alpha > 0) step irrelevant.
-            step = weight(illumination, settings.object_step, settings.rpie_alpha)
-            obj[top : top + box_h, left : left + box_w] += (step * numerator).view(box_h, box_w)
-
+            projected = physics.modulus_projection(far, target.unsqueeze(1), modulus.unsqueeze(1), floor=_MODULUS_FLOOR)
+            delta = physics.backpropagate(projected) - exit_waves
+            object_update(obj, windows, batch, probes, intensities, delta, step=settings.object_step, **steps)
             if settings.update_probe:
-                shift_back = -remainder_t[batch]
-                gradient = torch.stack(
-                    [fourier_translate(patches[:, 0].conj() * delta[:, k], shift_back).sum(dim=0) for k in range(probe.shape[0])]
-                )
-                probe_illumination = (patches.real**2 + patches.imag**2).sum(dim=(0, 1))
-                probe = probe + weight(probe_illumination, settings.probe_step, settings.rpie_alpha) * gradient
+                probe = probe_update(probe, patches, delta, windows.remainder[batch], step=settings.probe_step, **steps)
         errors.append(math.sqrt(misfit / total_energy))
         sweeps.set_postfix(error=f"{errors[-1]:.4g}")
         if on_iteration is not None and on_iteration(len(errors), obj):
             break
 
-    coverage = torch.zeros(height * width, dtype=torch.float32)
-    for start in range(0, count, batch_size):  # batch by batch: all M translated probes at once would be O(M) memory
-        chunk = slice(start, start + batch_size)
-        probes = cache[chunk] if cache is not None else translate_modes(probe, remainder_t[chunk])
-        coverage.index_add_(0, (corners[chunk].view(-1, 1) + offsets).reshape(-1), (probes.abs() ** 2).sum(dim=1).reshape(-1))
-    coverage = coverage.view(height, width)
+    coverage = coverage_map(windows, lambda chunk: cache[chunk] if cache is not None else translate_modes(probe, windows.remainder[chunk]), batch_size)
     obj = torch.where(coverage > 0, obj, torch.zeros_like(obj))
     final_probe = probe.numpy().astype(np.complex64)
     reconstruction = Reconstruction(
@@ -340,11 +245,3 @@ def _initial_state(
         if probe.shape[-2:] != (shape_size := probe.shape[-1], shape_size):
             raise DataError(f"refine: key 'probe': shape {tuple(probe.shape)} is not square")
     return obj, probe
-
-
-def pixel_size_of(data: PtychoDataset) -> tuple[float, float] | None:
-    """The object pixel (x, y) in metres from ``metadata["object_pixel_size_m"]``, or None."""
-    pixel = data.metadata.get("object_pixel_size_m")
-    if isinstance(pixel, list) and len(pixel) == 2 and all(isinstance(p, (int, float)) and p > 0 for p in pixel):
-        return float(pixel[0]), float(pixel[1])
-    return None

@@ -19,7 +19,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ptycho import physics
+from ptycho.iterative.weights import rpie_weight
+
 PROJECTION_ITERATIONS = 4
+RPIE_ALPHA = 0.05
+"""rPIE regularisation a of the projection's step (``ptycho.iterative.weights.rpie_weight``)."""
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -75,15 +80,15 @@ class Projection(nn.Module):
         self.iterations = iterations
 
     def forward(self, normalised: torch.Tensor) -> torch.Tensor:
-        amplitudes = torch.fft.ifftshift(normalised * normalised * self.input_scale, dim=(-2, -1))
+        amplitudes = physics.uncentre(normalised * normalised * self.input_scale)
         probe = self.probe
-        power = probe.real**2 + probe.imag**2
-        step = probe.conj() / (0.95 * power + 0.05 * power.max())  # rPIE weight, a = 0.05
+        step = probe.conj() * rpie_weight(probe.real**2 + probe.imag**2, 1.0, RPIE_ALPHA)
         obj = torch.ones_like(amplitudes, dtype=torch.complex64)
         for _ in range(self.iterations):
             exit_wave = probe * obj
-            far = torch.fft.fft2(exit_wave, norm="ortho")
-            corrected = torch.fft.ifft2(amplitudes * far / far.abs().clamp(min=1e-6), norm="ortho")
+            far = physics.propagate(exit_wave)
+            # floor 1e-6, not the engine's 1e-30: this projection is differentiated in training
+            corrected = physics.backpropagate(physics.modulus_projection(far, amplitudes, far.abs(), floor=1e-6))
             obj = obj + step * (corrected - exit_wave)
         return obj
 
