@@ -138,7 +138,7 @@ class Section:
     def __post_init__(self) -> None:
         hints = _field_types(type(self))
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = _coerce(self.SECTION, field.name, hints[field.name], getattr(self, field.name))
+            value = coerce(f"{self.SECTION}.{field.name}", hints[field.name], getattr(self, field.name))
             object.__setattr__(self, field.name, value)  # frozen: the converted value replaces the given one
         self.check()
 
@@ -217,12 +217,16 @@ class PrepareConfig(Section):
         _require(self.nphotons > 0, "prepare.nphotons", f"must be > 0, got {self.nphotons}")
 
 
+GRIDSIZES = (1, 2)
+"""The allowed gridsizes (C = gridsize**2 patterns per group), for params, Architecture and bundles."""
+
+
 @dataclass(frozen=True)
 class ModelConfig(Section):
     """`model:` section: the network and how scan positions are grouped."""
 
     SECTION: ClassVar[str] = "model"
-    gridsize: int = 1  # C = gridsize**2 patterns per group (1 or 2)
+    gridsize: int = 1  # C = gridsize**2 patterns per group (one of GRIDSIZES)
     n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     architecture: str = "cnn"  # backbone, one of ptycho.nn.NAMES
@@ -233,7 +237,7 @@ class ModelConfig(Section):
 
         _require(self.architecture in NAMES, "model.architecture", f"allowed values are {list(NAMES)}; got {self.architecture!r}")
         _require(0.5 <= self.window_share <= 1.0, "model.window_share", f"must be in [0.5, 1], got {self.window_share}")
-        _require(self.gridsize in (1, 2), "model.gridsize", f"allowed values are 1, 2; got {self.gridsize}")
+        _require(self.gridsize in GRIDSIZES, "model.gridsize", f"allowed values are {', '.join(map(str, GRIDSIZES))}; got {self.gridsize}")
         channels = self.gridsize**2
         _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
         _require(self.n_filters_scale > 0, "model.n_filters_scale", f"must be > 0, got {self.n_filters_scale}")
@@ -396,14 +400,15 @@ class RefineConfig(BaselineConfig):
 SectionT = TypeVar("SectionT", bound=Section)
 
 
-def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
-    """Check one value against its field annotation and convert it.
+def coerce(where: str, annotation: Any, value: Any, *, from_yaml: bool = True) -> Any:
+    """Check one value against its field annotation and convert it; ``where`` names it in errors.
 
-    Enums take their members or the strings of their members; floats take ints and numeric
-    strings (YAML 1.1 reads "1e6" as a string) and must be finite; ints take integers only
-    (not bools, not 64.0); bools take true/false only.
+    Enums take their members or the strings of their members; floats take ints and must be
+    finite; ints take integers only (not bools, not 64.0); bools take true/false only. With
+    ``from_yaml`` (params.yaml), also YAML's readings: numeric strings as floats (YAML 1.1 reads
+    "1e6" as a string) and integers as strings; without (JSON that ptycho wrote, e.g. a
+    bundle's architecture), neither.
     """
-    where = f"{section}.{key}"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return as_enum(annotation, value, where)
     if annotation is bool:
@@ -415,7 +420,7 @@ def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
-        if isinstance(value, str):
+        if isinstance(value, str) and from_yaml:
             try:
                 value = float(value)
             except ValueError:
@@ -430,7 +435,7 @@ def _coerce(section: str, key: str, annotation: Any, value: Any) -> Any:
             raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return number
     if annotation is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
+        if isinstance(value, bool) or not isinstance(value, (str, int) if from_yaml else str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported field type {annotation!r} for {where}")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ptycho import physics
+from ptycho.config import GRIDSIZES
 from ptycho.nn import NAMES as NETWORK_NAMES
 from ptycho.nn import build_backbone
 
@@ -61,6 +62,8 @@ class Architecture:
             object.__setattr__(self, "window_px", self.N // 2)
         if not (self.N // 2 <= self.window_px <= self.N and self.window_px % 2 == 0):
             raise ValueError(f"window_px must be even and in [N/2, N] = [{self.N // 2}, {self.N}], got {self.window_px}")
+        if self.gridsize not in GRIDSIZES:
+            raise ValueError(f"gridsize must be one of {list(GRIDSIZES)}, got {self.gridsize}")
         if self.network not in NETWORK_NAMES:
             raise ValueError(f"network must be one of {list(NETWORK_NAMES)}, got {self.network!r}")
         if self.amplitude_activation not in AMPLITUDE_ACTIVATIONS:

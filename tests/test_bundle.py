@@ -1,4 +1,4 @@
-"""Tests for ptycho/bundle.py: round trip, byte determinism, atomic write, strict and safe loading."""
+"""Tests for ptycho/bundle/: round trip, byte determinism, atomic write, strict and safe loading."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho import bundle as bundle_module
+from ptycho.bundle import read, sandbox, schema
 from ptycho.bundle import FORMAT, FORMAT_VERSION, MODEL_NAMES, Bundle, load_bundle, save_bundle
 from ptycho.errors import BundleError
 from ptycho.model import NETWORK_NAMES, Architecture, build_models
@@ -410,7 +410,8 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
         monkeypatch.setattr(pickle, name, forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     assert load_bundle(path).architecture == architecture(2)
-    assert "pickle" not in vars(bundle_module) and "dill" not in vars(bundle_module)
+    for module in (read, sandbox, schema):
+        assert "pickle" not in vars(module) and "dill" not in vars(module)
 
 
 # --- untrusted input: zip level --------------------------------------------------------------
@@ -566,7 +567,7 @@ def test_root_probe_must_equal_the_models_probe(tmp_path):
 
 
 @pytest.mark.parametrize(("architecture_json", "words"), [
-    ('{"N": 32.0, "gridsize": 1, "n_filters_scale": 0.125}', ("field 'N'", "type int", "32.0")),
+    ('{"N": 32.0, "gridsize": 1, "n_filters_scale": 0.125}', ("field 'N'", "expected an integer", "32.0")),
     ('{"N": 32, "gridsize": -1, "n_filters_scale": 0.125}', ("field 'gridsize'", "[1, 2]")),
     ('{"N": 32, "gridsize": 1, "n_filters_scale": 20}', ("n_filters_scale", "(0, 16]")),
     ('{"N": 1024, "gridsize": 1, "n_filters_scale": 16}', ("values in model", "more than the 33554432")),
@@ -582,7 +583,7 @@ def test_architecture_fields_are_checked_by_type_and_range(tmp_path, architectur
 
 def test_every_architecture_field_has_allowed_values():
     # Adding a field to Architecture means adding its row to ARCHITECTURE_LIMITS.
-    assert sorted(f.name for f in dataclasses.fields(Architecture)) == sorted(bundle_module.ARCHITECTURE_LIMITS)
+    assert sorted(f.name for f in dataclasses.fields(Architecture)) == sorted(schema.ARCHITECTURE_LIMITS)
 
 
 def test_bundle_without_a_defaulted_architecture_field_loads_with_the_default(tmp_path):
@@ -617,9 +618,35 @@ def test_a_crashing_or_hanging_reader_is_a_bundle_error(tmp_path, monkeypatch, s
     child.write_text("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
                      "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n" + script + "\n")
     path = saved(tmp_path)
-    monkeypatch.setattr(bundle_module, "_HDF5_CHILD", child)
-    monkeypatch.setattr(bundle_module, "HDF5_TIMEOUT_S", 1)
+    monkeypatch.setattr(sandbox, "HDF5_CHILD", child)
+    monkeypatch.setattr(sandbox, "HDF5_TIMEOUT_S", 1)
     expect_error(path, "wts.h5", *words)
+
+
+def test_the_child_and_its_parent_share_the_exit_code_and_the_wire_format():
+    # The child runs isolated (python -I) and cannot import the package, so both sides state the
+    # refusal's exit status and the output format: this pins that they agree.
+    from ptycho.bundle import _hdf5_child
+
+    assert _hdf5_child.REFUSED == sandbox.HDF5_REFUSED
+    buffer = io.BytesIO()
+    weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with h5py.File(buffer, "w") as h5:
+        h5.attrs["architecture"] = '{"N": 32}'
+        h5.attrs["intensity_scale"] = 2.5
+        h5.create_group("model").create_dataset("layer.weight", data=weights)
+        h5.create_dataset("probe", data=np.full((2, 2), 1 - 2j, dtype=np.complex64))
+    groups, texts, arrays = sandbox.parse_hdf5("test", buffer.getvalue())  # through the real child
+    assert groups == ["model"] and texts == {"architecture": '{"N": 32}'}
+    assert sorted(arrays) == ["@intensity_scale", "model/layer.weight", "probe"]
+    np.testing.assert_array_equal(arrays["model/layer.weight"], weights)
+    assert arrays["probe"].dtype == np.complex64 and arrays["probe"][1, 1] == 1 - 2j
+    assert float(arrays["@intensity_scale"]) == 2.5
+    # A refusal (exit status REFUSED) is reported with the child's reason, not as an unreadable file.
+    with h5py.File(buffer, "a") as h5:
+        h5["alias"] = h5py.SoftLink("/probe")
+    with pytest.raises(BundleError, match=r"^test: 'alias' is a soft link; only hard links are read$"):
+        sandbox.parse_hdf5("test", buffer.getvalue())
 
 
 def test_libhdf5_never_runs_in_the_loading_process(tmp_path, monkeypatch):
@@ -653,10 +680,10 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
 def test_a_root_scalar_added_later_takes_its_default_in_older_bundles(tmp_path, monkeypatch):
     # How a new root attribute (as probe_scale was in format 2) is read from bundles that
     # predate it: with a default it loads, without one it is required.
-    rows = {**bundle_module.ROOT_SCALARS, "future_scale": bundle_module.Allowed(0.0, above=True, default=1.0)}
-    monkeypatch.setattr(bundle_module, "ROOT_SCALARS", rows)
+    rows = {**schema.ROOT_SCALARS, "future_scale": schema.Allowed(0.0, above=True, default=1.0)}
+    monkeypatch.setattr(read, "ROOT_SCALARS", rows)
     assert load_bundle(saved(tmp_path)).architecture == architecture()
-    rows["future_scale"] = bundle_module.Allowed(0.0, above=True)  # no default: required
+    rows["future_scale"] = schema.Allowed(0.0, above=True)  # no default: required
     expect_error(saved(tmp_path, name="b.zip"), "lacks the root attribute 'future_scale'")
 
 

@@ -1,4 +1,4 @@
-"""The child process that parses an untrusted ``wts.h5`` for ``ptycho.bundle`` (the only parse).
+"""The child process that parses an untrusted ``wts.h5`` for ``ptycho.bundle.sandbox`` (the only parse).
 
 libhdf5 is a large C library: a crafted file can make it crash (a reviewer's 8-byte edit gave
 a segfault), loop for ever (a one-byte edit of a global-heap object size does, found by our
