@@ -31,7 +31,7 @@ from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import DataError
 from ptycho.inference import reconstruct
 from ptycho.reconstruction import Reconstruction
-from ptycho.workflows import common_region
+from ptycho.scoring import common_region
 
 
 def ssims(obj: np.ndarray, truth: np.ndarray, region: np.ndarray, config: EvaluateConfig) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Writing files safely: atomically (never a partial file) and byte-deterministically.
+"""Writing files safely: atomically (never a partial file) and byte-deterministically, and the
+bytes of the reports the stages write (CSV, JSON).
 
 Deterministic bytes matter to DVC: an output whose content did not change must hash the same,
 or every downstream stage re-runs for nothing.
@@ -6,9 +7,12 @@ or every downstream stage re-runs for nothing.
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import math
 import os
+import re
 import uuid
 import zipfile
 from contextlib import contextmanager
@@ -22,6 +26,23 @@ from ptycho.rowfile import RowFile, array_chunks
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
 
+def temp_path(path: str | Path) -> Path:
+    """A fresh temp file name beside ``path``: ``.<name>.<hex id>.tmp`` in the same folder, so
+    that a rename puts it in place atomically (``remove_stale_temp_files`` knows the pattern)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+
+
+def remove_stale_temp_files(*paths: str | Path) -> None:
+    """Delete the temp files (``temp_path``) that a killed run left beside these outputs."""
+    for path in map(Path, paths):
+        if path.parent.is_dir():
+            pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]+\.tmp")
+            for temp in path.parent.iterdir():
+                if pattern.fullmatch(temp.name) and temp.is_file():
+                    temp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file to write that appears at ``path`` only when the block ends without error.
@@ -31,7 +52,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    temp = temp_path(path)
     try:
         # 0o666 minus the umask, like an ordinary file (mkstemp would leave it 0600).
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -102,14 +123,34 @@ def write_npz_to(handle: BinaryIO, arrays: dict[str, Any], stored: Iterable[str]
                     member.write(np.ascontiguousarray(chunk).data)
 
 
-def npz_bytes(arrays: dict[str, np.ndarray], stored: Iterable[str] = ()) -> bytes:
-    """The bytes of an NPZ (``write_npz_to``), for small arrays."""
-    buffer = io.BytesIO()
-    write_npz_to(buffer, arrays, stored)
-    return buffer.getvalue()
-
-
 def write_npz(path: str | Path, arrays: dict[str, Any], stored: Iterable[str] = ()) -> None:
     """Write arrays as a byte-deterministic NPZ, atomically and chunk by chunk (``write_npz_to``)."""
     with atomic_file(path) as handle:
         write_npz_to(handle, arrays, stored)
+
+
+def csv_bytes(rows: list[dict[str, float]]) -> bytes:
+    """Rows as CSV; columns in the order they first appear."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def _finite_or_none(value):
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def json_bytes(report: dict) -> bytes:
+    """A metrics report as JSON: sorted keys, a number that is not finite written as null (JSON has
+    no NaN or Infinity; DVC and other readers refuse them)."""
+    return (json.dumps(_finite_or_none(report), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()

@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from ptycho import workflows
+from ptycho import scoring, workflows
 from ptycho.benchmark import SweepPoint, first_reaching, sweep_curve
 from ptycho.config import (
     BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, Source, TrainConfig, as_enum,
@@ -142,7 +142,7 @@ def run_scenario(scenario: Scenario, settings: Settings, folder: str | Path) -> 
     report = workflows.evaluate(test, paths, stats, settings.evaluate, folder / "metrics.json", folder / "frc.csv", folder / "comparison.png")
 
     # Per-sweep runs, scored on the region and against the truth window that evaluate used.
-    region = workflows.common_region({method: load_reconstruction(path) for method, path in paths.items()}, settings.evaluate)
+    region = scoring.common_region({method: load_reconstruction(path) for method, path in paths.items()}, settings.evaluate)
     truth = network.truth_window(test.object, str(folder / "test.npz"))
     refined, rpie = report["refined"], report["baseline"]
     rpie_curve = sweep_curve(test, dataclasses.replace(settings.baseline, iterations=settings.max_sweeps), truth, region, settings.evaluate)

@@ -31,7 +31,6 @@ import os
 import random
 import re
 import time
-import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ptycho import physics
 from ptycho.config import LossKind, Schedule, TrainConfig
 from ptycho.errors import ConfigError, TrainingError, TrainingWarning
+from ptycho.files import remove_stale_temp_files, temp_path
 from ptycho.model import Autoencoder
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -264,7 +264,7 @@ class LastCheckpoint(Checkpoint):
         self.path = path
 
     def on_train_epoch_end(self, trainer, module):
-        temp = trainer.strategy.broadcast(self.path.parent / f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        temp = trainer.strategy.broadcast(temp_path(self.path))
         try:
             trainer.save_checkpoint(temp, weights_only=False)  # the whole training state, not only the weights
             if trainer.is_global_zero:
@@ -457,17 +457,6 @@ def _trainer(config: TrainConfig, checkpoint_dir: Path, callbacks: list[Callback
         keys = [key for key, clues in _SETTING_CLUES.items() if any(clue in words for clue in clues)] or list(_SETTING_CLUES)
         given = ", ".join(f"{key}={getattr(config, key)!r}" for key in keys)
         raise ConfigError(f"{'/'.join(f'train.{key}' for key in keys)}: Lightning cannot run with {given} here: {message}") from error
-
-
-def remove_stale_temp_files(*paths: str | Path) -> None:
-    """Delete the temp files (``.<name>.<id>.tmp``, see ``ptycho.files.write_atomically``) that a
-    killed run left beside these outputs."""
-    for path in map(Path, paths):
-        if path.parent.is_dir():
-            pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]+\.tmp")
-            for temp in path.parent.iterdir():
-                if pattern.fullmatch(temp.name) and temp.is_file():
-                    temp.unlink(missing_ok=True)
 
 
 _NOISE = re.compile(r"💡 Tip:|GPU available:|TPU available:|HPU available:|Loading `train_dataloader` to estimate number of stepping batches")

@@ -9,9 +9,7 @@ tests/test_pipeline.py records what each stage imports under ``dvc repro`` and c
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 import warnings
@@ -24,7 +22,7 @@ import torch
 from ptycho.config import BaselineConfig, RefineConfig, CheckConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, Source, TrainConfig
 from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import DataError, PtychoError
-from ptycho.files import write_atomically
+from ptycho.files import csv_bytes, json_bytes, remove_stale_temp_files, write_atomically
 
 if TYPE_CHECKING:
     from ptycho.reconstruction import Reconstruction
@@ -99,37 +97,6 @@ class TrainSummary:
     wrote_outputs: bool = True  # False on the other ranks of a distributed (DDP) run: rank 0 writes
 
 
-def _csv_bytes(rows: list[dict[str, float]]) -> bytes:
-    """Rows as CSV; columns in the order they first appear."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue().encode()
-
-
-def _finite_or_none(value):
-    """``value`` with every non-finite float (NaN, +-inf) replaced by None, recursively."""
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value
-
-
-def _json_bytes(report: dict) -> bytes:
-    """A metrics report as JSON: sorted keys, a number that is not finite written as null (JSON has
-    no NaN or Infinity; DVC and other readers refuse them)."""
-    return (json.dumps(_finite_or_none(report), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-
-
-def _write_text(path: str | Path, content: bytes) -> None:
-    write_atomically(path, content)
-
-
 def train(
     train_data: PtychoDataset,
     model_config: ModelConfig,
@@ -156,7 +123,7 @@ def train(
     """
     from ptycho import training
 
-    training.remove_stale_temp_files(bundle_path, history_path, metrics_path, *([figure_path] if figure_path else []))
+    remove_stale_temp_files(bundle_path, history_path, metrics_path, *([figure_path] if figure_path else []))
     with training.preserved_global_state():
         return _train(train_data, model_config, train_config, bundle_path, history_path, metrics_path, checkpoint_dir, resume, callbacks, figure_path)
 
@@ -195,7 +162,7 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     result = training.fit(autoencoder, amplitudes, offsets, train_config, checkpoint_dir, resume, callbacks=callbacks, mask=mask)
     if not result.is_global_zero:  # multi-GPU: rank 0 alone writes the bundle and the reports
         return TrainSummary(history=result.history, metrics={}, stop_reason=result.stop_reason, wrote_outputs=False)
-    history = _csv_bytes(result.history)
+    history = csv_bytes(result.history)
     config_snapshot = json.dumps(
         {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, sort_keys=True, indent=2, default=str
     ).encode()
@@ -212,8 +179,8 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     }
     # Reports first, the bundle last: a kill in between may leave new reports beside the old
     # bundle, never a new bundle beside old reports.
-    _write_text(history_path, history)
-    _write_text(metrics_path, _json_bytes(final))
+    write_atomically(history_path, history)
+    write_atomically(metrics_path, json_bytes(final))
     if figure_path is not None:
         from ptycho import figures
 
@@ -248,104 +215,11 @@ def infer(
         write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns}
-    _write_text(stats_path, _json_bytes(stats))
+    write_atomically(stats_path, json_bytes(stats))
     return reconstruction
 
 
-def scoring_probe(reconstruction: Reconstruction, data: PtychoDataset) -> np.ndarray:
-    """(K, N, N): the reconstruction's own probe when it has one, else the data's probe modes."""
-    probe = reconstruction.probe if reconstruction.probe is not None else data.all_probe_modes
-    return probe[None] if probe.ndim == 2 else probe
-
-
-def scorable_positions(reconstruction: Reconstruction, data: PtychoDataset) -> np.ndarray:
-    """Indices of the positions whose window the reconstruction covers wherever its probe is bright.
-
-    Bright: total probe amplitude sqrt(Σ_k |P_k|²) >= 10 % of its peak. Windows are the integer
-    windows of ``stitching.window_geometry`` (the iterative engine's).
-    """
-    from ptycho.stitching import window_geometry
-
-    size = data.pattern_size
-    amplitude = np.sqrt(np.sum(np.abs(scoring_probe(reconstruction, data)) ** 2, axis=0))
-    if amplitude.shape != (size, size):
-        raise DataError(f"reconstruction ({reconstruction.method}): key 'probe': shape {amplitude.shape} does not match the {size} px patterns")
-    bright = amplitude >= 0.1 * amplitude.max()
-    covered = reconstruction.coverage > 0
-    rows0, cols0, _ = window_geometry(data.xcoords, data.ycoords, size, reconstruction.origin)
-    keep = []
-    for index, (row, col) in enumerate(zip(rows0.tolist(), cols0.tolist())):
-        window = covered[max(row, 0) : row + size, max(col, 0) : col + size]
-        if row >= 0 and col >= 0 and window.shape == (size, size) and window[bright].all():
-            keep.append(index)
-    return np.array(keep, dtype=np.int64)
-
-
-def data_consistency(reconstruction: Reconstruction, data: PtychoDataset, keep: np.ndarray | None = None) -> dict[str, float]:
-    """R-factor and normalised error of the measured amplitudes against those re-simulated from the
-    reconstruction with its own probe (``scoring_probe``: incoherent modes add intensities), on
-    the valid detector pixels (``data.mask``) of the positions `keep` (default:
-    ``scorable_positions``; ``evaluate`` passes the positions every method can be scored on).
-    """
-    from ptycho import metrics, physics
-
-    size = data.pattern_size
-    x0, y0 = reconstruction.origin
-    keep = scorable_positions(reconstruction, data) if keep is None else np.asarray(keep, dtype=np.int64)
-    if len(keep) == 0:
-        return {"r_factor": float("nan"), "normalised_error": float("nan"), "n_patterns": 0}
-    probe = torch.from_numpy(scoring_probe(reconstruction, data).astype(np.complex64))
-    obj = torch.from_numpy(reconstruction.object)
-    with torch.no_grad():
-        patches = physics.extract_patches(obj, torch.from_numpy(data.xcoords[keep] - x0), torch.from_numpy(data.ycoords[keep] - y0), size)
-        simulated = torch.sqrt(sum(physics.forward_amplitude(patches, mode) ** 2 for mode in probe)).numpy()
-    measured = data.amplitudes[keep]
-    if data.mask is not None:
-        measured, simulated = measured[:, data.mask], simulated[:, data.mask]
-    return {
-        "r_factor": metrics.r_factor(measured, simulated),
-        "normalised_error": metrics.normalised_error(measured, simulated),
-        "n_patterns": int(len(keep)),
-    }
-
-
-def common_region(reconstructions: dict[str, Reconstruction], config: EvaluateConfig) -> np.ndarray:
-    """Pixels in the scanned region of every reconstruction: all methods are scored on one region."""
-    from ptycho import metrics
-
-    regions = [metrics.scanned_region(rec.coverage, config.coverage_fraction, config.margin_px) for rec in reconstructions.values()]
-    return np.logical_and.reduce(regions)
-
-
-def score(
-    reconstruction: Reconstruction, data: PtychoDataset, region: np.ndarray | None, config: EvaluateConfig, source: str,
-    keep: np.ndarray | None = None,
-):
-    """All metrics of one reconstruction: against the truth on ``region`` when the data have one,
-    and always against the measured diffraction (positions `keep`, see ``data_consistency``).
-    Returns (metrics, FRC curve or None)."""
-    from ptycho import metrics
-
-    results: dict[str, float] = {f"data.{key}": value for key, value in data_consistency(reconstruction, data, keep).items()}
-    curve = None
-    if data.object is not None:
-        truth = reconstruction.truth_window(data.object, source)
-        # The region is passed as a 0/1 coverage map: metrics.scanned_region gives it back as it is.
-        compared, curve = metrics.compare(
-            reconstruction.object, truth, region.astype(np.float32), fraction=0.5, margin_px=0,
-            remove_phase_ramp=config.remove_phase_ramp, register=config.register,
-        )
-        results.update(compared)
-    return results, curve
-
-
 LABELS = {"pinn": "network", "refined": "network + refinement", "baseline": "iterative"}
-
-
-def scores_of(results: dict) -> dict:
-    """One method's metrics without the alignment diagnostics (``alignment.*``, ``region_px``):
-    what ``dvc metrics show`` lists, one row per method."""
-    return {key: value for key, value in results.items() if not key.startswith("alignment.") and key != "region_px"}
 
 
 def evaluate(
@@ -365,6 +239,7 @@ def evaluate(
     """
     from ptycho import figures
     from ptycho.reconstruction import load_reconstruction
+    from ptycho.scoring import common_region, scorable_positions, score, scores_of
 
     reconstructions = {method: load_reconstruction(path) for method, path in reconstruction_paths.items()}
     shapes = {method: (rec.origin, rec.object.shape) for method, rec in reconstructions.items()}
@@ -386,11 +261,11 @@ def evaluate(
             curves[method] = curve
     if scores_dir is not None:
         for method, results in report.items():
-            _write_text(Path(scores_dir) / f"{method}.json", _json_bytes(scores_of(results)))
-    _write_text(metrics_path, _json_bytes(report))
+            write_atomically(Path(scores_dir) / f"{method}.json", json_bytes(scores_of(results)))
+    write_atomically(metrics_path, json_bytes(report))
     frequencies = next(iter(curves.values()))[0] if curves else []
     rows = [{"frequency_per_px": float(f), **{m: float(curve[1][i]) for m, curve in curves.items()}} for i, f in enumerate(frequencies)]
-    _write_text(frc_path, _csv_bytes(rows) if rows else ("frequency_per_px," + ",".join(reconstructions) + "\n").encode())
+    write_atomically(frc_path, csv_bytes(rows) if rows else ("frequency_per_px," + ",".join(reconstructions) + "\n").encode())
     truth = None if test_data.object is None else next(iter(reconstructions.values())).truth_window(test_data.object, "test data")
     figures.comparison_figure(truth, {LABELS.get(m, m): rec for m, rec in reconstructions.items()}, figure_path)
     return report
@@ -475,10 +350,10 @@ def baseline(
 
         write_product(product_path, reconstruction, test_data, losses=errors)
     figures.reconstruction_figure(reconstruction, figure_path, f"iterative reconstruction ({reconstruction.method})")
-    _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
+    write_atomically(history_path, csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
              "iterations": config.iterations, "final_error": errors[-1]}
-    _write_text(stats_path, _json_bytes(stats))
+    write_atomically(stats_path, json_bytes(stats))
     return errors
 
 
@@ -500,8 +375,8 @@ def refine(
     seconds = time.perf_counter() - started + network_seconds
     save_reconstruction(reconstruction, refined_path)
     figures.reconstruction_figure(reconstruction, figure_path, f"network + {config.iterations} {config.algorithm.value} sweeps")
-    _write_text(history_path, _csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
+    write_atomically(history_path, csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
              "network_wall_time_s": network_seconds, "iterations": config.iterations, "final_error": errors[-1]}
-    _write_text(stats_path, _json_bytes(stats))
+    write_atomically(stats_path, json_bytes(stats))
     return errors

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ptycho import workflows
+from ptycho import scoring, workflows
 from ptycho.config import EvaluateConfig, PrepareConfig
 from ptycho.reconstruction import Reconstruction, save_reconstruction
 from ptycho.simulate import simulate_train_test
@@ -27,11 +27,11 @@ def truth_on_canvas(scan, scale=1.0, probe=None):
 
 
 def test_the_reconstruction_s_own_probe_is_used(scan):
-    exact = workflows.data_consistency(truth_on_canvas(scan), scan)["r_factor"]
+    exact = scoring.data_consistency(truth_on_canvas(scan), scan)["r_factor"]
     # The same exit waves, split differently between object and probe (what probe refinement can give):
     rescaled = truth_on_canvas(scan, scale=0.5, probe=(2 * scan.probe).astype(np.complex64))
-    own = workflows.data_consistency(rescaled, scan)["r_factor"]
-    with_data_probe = workflows.data_consistency(dataclasses.replace(rescaled, probe=None), scan)["r_factor"]
+    own = scoring.data_consistency(rescaled, scan)["r_factor"]
+    with_data_probe = scoring.data_consistency(dataclasses.replace(rescaled, probe=None), scan)["r_factor"]
     assert exact < 0.02 and own == pytest.approx(exact, abs=1e-4)
     assert with_data_probe > 0.4  # half the amplitude everywhere: R = 0.5
 
@@ -41,9 +41,9 @@ def test_masked_pixels_are_left_out_of_the_r_factor(scan):
     mask[16, :] = False
     spoiled = scan.amplitudes.copy()
     spoiled[:, 16, :] += 100.0
-    clean = workflows.data_consistency(truth_on_canvas(scan), dataclasses.replace(scan, mask=mask))["r_factor"]
-    masked = workflows.data_consistency(truth_on_canvas(scan), dataclasses.replace(scan, amplitudes=spoiled, mask=mask))["r_factor"]
-    unmasked = workflows.data_consistency(truth_on_canvas(scan), dataclasses.replace(scan, amplitudes=spoiled))["r_factor"]
+    clean = scoring.data_consistency(truth_on_canvas(scan), dataclasses.replace(scan, mask=mask))["r_factor"]
+    masked = scoring.data_consistency(truth_on_canvas(scan), dataclasses.replace(scan, amplitudes=spoiled, mask=mask))["r_factor"]
+    unmasked = scoring.data_consistency(truth_on_canvas(scan), dataclasses.replace(scan, amplitudes=spoiled))["r_factor"]
     assert masked == pytest.approx(clean) and unmasked > 10 * masked
 
 
@@ -58,6 +58,6 @@ def test_every_method_is_scored_on_the_same_patterns(scan, tmp_path):
         dataclasses.replace(scan, object=None), {"pinn": tmp_path / "a.npz", "baseline": tmp_path / "b.npz"}, {},
         EvaluateConfig(margin_px=2), tmp_path / "m.json", tmp_path / "frc.csv", tmp_path / "c.png",
     )
-    alone = workflows.data_consistency(full, scan)["n_patterns"]
+    alone = scoring.data_consistency(full, scan)["n_patterns"]
     assert report["pinn"]["data.n_patterns"] == report["baseline"]["data.n_patterns"] < alone
     assert report["pinn"]["data.r_factor"] < 0.02 and report["baseline"]["data.r_factor"] < 0.02

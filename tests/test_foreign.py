@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from foreign_data import build_scan, defocused_ring_probe, write_scan
-from ptycho import physics, workflows
+from ptycho import physics, scoring, workflows
 from ptycho.iterative.pie import run_pie
 from ptycho.iterative.probe_refinement import refine_probe
 from ptycho.bundle import load_bundle
@@ -65,7 +65,7 @@ def test_probe_units_do_not_change_the_reconstructions_or_metrics(foreign_pair, 
         workflows.train(train, FAST_MODEL, FAST_TRAIN, folder / "wts.h5.zip", folder / "h.csv", folder / "m.json", folder / "ck")
         network = workflows.infer(test, folder / "wts.h5.zip", InferConfig(), folder / "net.npz", folder / "net.png", folder / "net.json")
         baseline, _ = run_pie(test, BaselineConfig(algorithm="rpie", iterations=5, batch_size=16), progress=False)
-        r_factors = [workflows.data_consistency(r, test)["r_factor"] for r in (network, baseline)]
+        r_factors = [scoring.data_consistency(r, test)["r_factor"] for r in (network, baseline)]
         results[factor] = (network, baseline, load_bundle(folder / "wts.h5.zip").probe_scale, r_factors)
     reference = results[1.0]
     for network, baseline, probe_scale, r_factors in results.values():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import SMALL_MODEL, SMALL_PREPARE, SMALL_TRAIN
-from ptycho import physics, training, workflows
+from ptycho import files, physics, training, workflows
 from ptycho.config import Schedule
 from ptycho.bundle import load_bundle
 from ptycho.grouping import grouped_tensors, make_groups
@@ -264,7 +264,7 @@ def test_two_or_three_patterns_train(tiny_data, tmp_path, n_patterns):
 
 
 def test_metrics_json_holds_null_for_a_number_that_is_not_finite():
-    text = workflows._json_bytes({"a": float("nan"), "b": {"c": float("inf"), "d": [1.5, -float("inf")]}, "e": 2}).decode()
+    text = files.json_bytes({"a": float("nan"), "b": {"c": float("inf"), "d": [1.5, -float("inf")]}, "e": 2}).decode()
     assert json.loads(text) == {"a": None, "b": {"c": None, "d": [1.5, None]}, "e": 2}
     assert "NaN" not in text and "Infinity" not in text
 
