@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
-import json
 import os
-import platform
-import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -128,73 +123,17 @@ def _check(args: argparse.Namespace) -> None:
     print("check: all artifact checks passed")
 
 
-def _scenarios(args: argparse.Namespace) -> None:
-    from ptycho import scenarios  # here: the stages that import the command line never load the benchmark
+def _benchmark(args: argparse.Namespace) -> None:
+    import importlib
 
-    prepare, evaluate = scenarios.sized(args.size, config.load_section(args.params, "prepare"), config.load_section(args.params, "evaluate"))
-    train = dataclasses.replace(config.load_section(args.params, "train"), num_threads=args.threads)
-    refine = config.load_section(args.params, "refine")
-    settings = scenarios.Settings(
-        prepare=prepare, model=config.load_section(args.params, "model"),
-        train=dataclasses.replace(train, epochs=train.epochs if args.epochs is None else args.epochs),
-        infer=config.load_section(args.params, "infer"),
-        refine=refine if args.refine_sweeps is None else dataclasses.replace(refine, iterations=args.refine_sweeps),
-        baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
-    )
-    grid = scenarios.grid(tuple(args.overlaps or scenarios.OVERLAPS), tuple(args.doses or scenarios.DOSES))
-    started, load_before = datetime.datetime.now().astimezone(), os.getloadavg()
+    # here: the stages that import the command line never load the benchmarks package
+    from ptycho.benchmarks import NAMES
 
-    def done(record: dict) -> None:
-        print(f"benchmark: {record['scenario']} done in {record['wall_time_s']:.0f} s (load {record['load_average_1min']}): SSIM network "
-              f"{record['pinn']['amplitude.ssim']:.3f}/{record['pinn']['phase.ssim']:.3f}, + refinement {record['refined']['amplitude.ssim']:.3f}/"
-              f"{record['refined']['phase.ssim']:.3f}, rPIE {record['baseline']['amplitude.ssim']:.3f}/{record['baseline']['phase.ssim']:.3f}", flush=True)
-
-    records = scenarios.run_grid(grid, settings, args.workdir, on_result=done)
-    report = {
-        "command": "ptycho " + shlex.join(args.argv),
-        "started": started.isoformat(timespec="seconds"),
-        "wall_time_s": round((datetime.datetime.now().astimezone() - started).total_seconds(), 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": args.threads,
-                    **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
-                    "load_average_start": [round(x, 2) for x in load_before], "load_average_end": [round(x, 2) for x in os.getloadavg()]},
-        "size": args.size, "settings": scenarios.settings_record(settings), "scenarios": records,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(scenarios.to_json(report))
-    print(scenarios.markdown_tables(records))
-    print(f"benchmark: wrote {args.output}")
-
-
-def _timing(args: argparse.Namespace) -> None:
-    from ptycho import benchmark
-
-    report = benchmark.timing(
-        args.test_data, args.bundle, config.load_section(args.params, "infer"), config.load_section(args.params, "baseline"),
-        config.load_section(args.params, "evaluate"), repeats=args.repeats, max_iterations=args.max_iterations,
-    )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _numbers(text: str) -> list[float]:
-    """A comma-separated list of positive numbers ("0.25,0.5,1")."""
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(value > 0 for value in values):
-        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
-    return values
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+    if args.name not in NAMES:
+        raise ConfigError(f"benchmark: unknown benchmark {args.name!r}; known: {', '.join(NAMES)}")
+    status = importlib.import_module(f"ptycho.benchmarks.{args.name}").main(args.arguments)
+    if status:
+        raise SystemExit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,32 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--metrics", default="results/metrics.json")
     check.set_defaults(run=_check)
 
-    benchmark = commands.add_parser("benchmark", help="benchmarks, not tests: the scenario grid, or the timing benchmark of a pipeline run")
-    modes = benchmark.add_subparsers(dest="mode", required=True)
-    grid = modes.add_parser("scenarios", help="network, network + refinement and rPIE over scan overlap x dose (simulated, trains a network per scenario)")
-    grid.add_argument("--params", default="params.yaml", help="parameter file (all sections; prepare's simulation settings are sized by --size)")
-    grid.add_argument("--size", choices=["small", "default"], default="small",
-                      help="small: the params.yaml simulation with every length halved (N = 32, 8 px probe by default); default: as it is")
-    grid.add_argument("--epochs", type=_positive, default=None, help="training epochs per scenario (default: train.epochs; the 9 trainings take "
-                      "about 10 minutes on 2 CPU cores; early stopping applies)")
-    grid.add_argument("--refine-sweeps", type=_positive, default=None, help="refinement sweeps (default: refine.iterations)")
-    grid.add_argument("--max-sweeps", type=_positive, default=100, help="rPIE from a flat object is scored per sweep up to this many")
-    grid.add_argument("--overlaps", type=_numbers, default=None, help="scan steps as fractions of the probe diameter (default: 0.25 0.5 1)")
-    grid.add_argument("--doses", type=_numbers, default=None, help="mean photons per pattern (default: 1e6 1e4 1e3)")
-    grid.add_argument("--threads", type=_positive, default=1, help="torch CPU threads for every method, training included (replaces train.num_threads); "
-                      "numpy/scipy's BLAS threads (infer's phase synchronisation) follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS")
-    grid.add_argument("--workdir", default="results/scenarios", help="one folder per scenario (data, bundle, reconstructions, figures)")
-    grid.add_argument("--output", default="results/scenarios.json", help="results (JSON)")
-    grid.set_defaults(run=_scenarios)
-
-    timing = modes.add_parser("timing", help="after dvc repro: inference time, and sweeps/time ePIE and rPIE need to reach the network's SSIM")
-    timing.add_argument("--params", default="params.yaml", help="parameter file (sections infer, baseline, evaluate)")
-    timing.add_argument("--test-data", default="data/prepared/test.npz")
-    timing.add_argument("--bundle", default="models/wts.h5.zip")
-    timing.add_argument("--output", default="results/benchmark.json")
-    timing.add_argument("--repeats", type=_positive, default=5, help="runs per timing; the median is reported")
-    timing.add_argument("--max-iterations", type=_positive, default=300)
-    timing.set_defaults(run=_timing)
+    benchmark = commands.add_parser(
+        "benchmark", help="benchmarks, not tests: a module of ptycho.benchmarks (timing, scenarios, ...)",
+        description="Run one benchmark of ptycho.benchmarks; `ptycho benchmark NAME --help` lists its options "
+        "(the same as `python -m ptycho.benchmarks.NAME`).",
+    )
+    benchmark.add_argument("name", help="the benchmark: a module of ptycho.benchmarks")
+    benchmark.add_argument("arguments", nargs=argparse.REMAINDER, help="its options")
+    benchmark.set_defaults(run=_benchmark)
     return parser
 
 

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from ptycho import cli, scenarios
-from ptycho.benchmark import SweepPoint, first_reaching
+from ptycho import cli
+from ptycho.benchmarks import scenarios
+from ptycho.benchmarks.sweeps import SweepPoint, first_reaching
 from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, Source, TrainConfig
 from ptycho.errors import ConfigError
 

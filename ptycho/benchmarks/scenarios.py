@@ -2,6 +2,8 @@
 
     ptycho benchmark scenarios [--size small|default] [--epochs E] [--refine-sweeps k]
 
+(``python -m ptycho.benchmarks.scenarios`` runs the same).
+
 For each scenario (scan step = a fraction of the probe diameter, mean photons per pattern) the
 pipeline's own workflow functions run in a folder of their own: ``workflows.prepare`` simulates a
 training and a test scan, ``train`` fits the network, ``infer`` reconstructs the test scan,
@@ -10,7 +12,7 @@ object with the `baseline:` settings, and ``evaluate`` scores all three on one c
 (SSIM against the truth, data R-factor on the patterns every method covers).
 
 Two iterative runs are then repeated with the object scored after every sweep
-(``ptycho.benchmark.sweep_curve``, the scoring time excluded from the wall times): rPIE from a flat
+(``ptycho.benchmarks.sweeps.sweep_curve``, the scoring time excluded from the wall times): rPIE from a flat
 object up to ``max_sweeps`` sweeps, and the refinement from the network's reconstruction up to the
 baseline's sweep count. They give the fair speed comparison, how many sweeps and seconds rPIE needs
 to reach the SSIM of network + refinement, and how many refinement sweeps reach the SSIM of rPIE at
@@ -21,19 +23,25 @@ instrument, not per scan. Not a test: the figures depend on the machine and its 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import datetime
 import enum
 import json
 import os
+import platform
 import re
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ptycho import scoring, workflows
-from ptycho.benchmark import SweepPoint, first_reaching, sweep_curve
+from ptycho import config, scoring, workflows
+from ptycho.benchmarks import positive_int, positive_numbers
+from ptycho.benchmarks.sweeps import SweepPoint, first_reaching, sweep_curve
 from ptycho.config import (
     BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, Source, TrainConfig, as_enum,
 )
@@ -250,3 +258,61 @@ def markdown_tables(records: list[dict]) -> str:
             f"| {_reached(record['rpie_to_match_refined'], limit)} | {_reached(record['refine_to_match_rpie'], sweeps)} |"
         )
     return "\n".join(quality) + "\n\n" + "\n".join(speed) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ptycho benchmark scenarios`` and ``python -m ptycho.benchmarks.scenarios``: runs the grid,
+    writes ``--output`` (JSON) and prints the README's tables."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="ptycho benchmark scenarios", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameter file (all sections; prepare's simulation settings are sized by --size)")
+    parser.add_argument("--size", choices=["small", "default"], default="small",
+                        help="small: the params.yaml simulation with every length halved (N = 32, 8 px probe by default); default: as it is")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs per scenario (default: train.epochs; the 9 trainings take "
+                        "about 10 minutes on 2 CPU cores; early stopping applies)")
+    parser.add_argument("--refine-sweeps", type=positive_int, default=None, help="refinement sweeps (default: refine.iterations)")
+    parser.add_argument("--max-sweeps", type=positive_int, default=100, help="rPIE from a flat object is scored per sweep up to this many")
+    parser.add_argument("--overlaps", type=positive_numbers, default=None, help="scan steps as fractions of the probe diameter (default: 0.25 0.5 1)")
+    parser.add_argument("--doses", type=positive_numbers, default=None, help="mean photons per pattern (default: 1e6 1e4 1e3)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads for every method, training included (replaces train.num_threads); "
+                        "numpy/scipy's BLAS threads (infer's phase synchronisation) follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS")
+    parser.add_argument("--workdir", default="results/scenarios", help="one folder per scenario (data, bundle, reconstructions, figures)")
+    parser.add_argument("--output", default="results/scenarios.json", help="results (JSON)")
+    args = parser.parse_args(argv)
+    prepare, evaluate = sized(args.size, config.load_section(args.params, "prepare"), config.load_section(args.params, "evaluate"))
+    train = dataclasses.replace(config.load_section(args.params, "train"), num_threads=args.threads)
+    refine = config.load_section(args.params, "refine")
+    settings = Settings(
+        prepare=prepare, model=config.load_section(args.params, "model"),
+        train=dataclasses.replace(train, epochs=train.epochs if args.epochs is None else args.epochs),
+        infer=config.load_section(args.params, "infer"),
+        refine=refine if args.refine_sweeps is None else dataclasses.replace(refine, iterations=args.refine_sweeps),
+        baseline=config.load_section(args.params, "baseline"), evaluate=evaluate, max_sweeps=args.max_sweeps,
+    )
+    scenarios = grid(tuple(args.overlaps or OVERLAPS), tuple(args.doses or DOSES))
+    started, load_before = datetime.datetime.now().astimezone(), os.getloadavg()
+
+    def done(record: dict) -> None:
+        print(f"benchmark: {record['scenario']} done in {record['wall_time_s']:.0f} s (load {record['load_average_1min']}): SSIM network "
+              f"{record['pinn']['amplitude.ssim']:.3f}/{record['pinn']['phase.ssim']:.3f}, + refinement {record['refined']['amplitude.ssim']:.3f}/"
+              f"{record['refined']['phase.ssim']:.3f}, rPIE {record['baseline']['amplitude.ssim']:.3f}/{record['baseline']['phase.ssim']:.3f}", flush=True)
+
+    records = run_grid(scenarios, settings, args.workdir, on_result=done)
+    report = {
+        "command": "ptycho benchmark scenarios " + shlex.join(argv),
+        "started": started.isoformat(timespec="seconds"),
+        "wall_time_s": round((datetime.datetime.now().astimezone() - started).total_seconds(), 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": args.threads,
+                    **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                    "load_average_start": [round(x, 2) for x in load_before], "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "size": args.size, "settings": settings_record(settings), "scenarios": records,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(to_json(report))
+    print(markdown_tables(records))
+    print(f"benchmark: wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,10 @@
-"""Timing benchmark: the network against the iterative engine on the pipeline's prepared test scan,
-and the per-sweep scoring of an iterative run that it shares with ``ptycho.scenarios``.
+"""Timing benchmark: the network against the iterative engine on the pipeline's prepared test scan.
 
 Run after `dvc repro` (it reads the prepared test data, the bundle and params.yaml):
 
     ptycho benchmark timing [--repeats 5] [--max-iterations 300]
 
-(``python -m ptycho.benchmark`` runs the same). It reports the median network inference time over
+(``python -m ptycho.benchmarks.timing`` runs the same). It reports the median network inference time over
 ``--repeats`` runs, and for ePIE and rPIE (the `baseline:` section's batch size and steps) the number
 of sweeps and the median time they need to reach the network's amplitude and phase SSIM on one common
 scanned region, and the ratio of those times. Not a test: timings depend on the machine; run it on an
@@ -14,74 +13,25 @@ otherwise idle one.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from ptycho import metrics
-from ptycho.iterative.pie import run_pie
+from ptycho import config
+from ptycho.benchmarks import positive_int
+from ptycho.benchmarks.sweeps import first_reaching, ssims, sweep_curve
 from ptycho.bundle import load_bundle
 from ptycho.config import Algorithm, BaselineConfig, EvaluateConfig, InferConfig
-from ptycho.data import PtychoDataset, load_dataset
+from ptycho.data import load_dataset
 from ptycho.errors import DataError
 from ptycho.inference import reconstruct
-from ptycho.reconstruction import Reconstruction
+from ptycho.iterative.pie import run_pie
 from ptycho.scoring import common_region
-
-
-def ssims(obj: np.ndarray, truth: np.ndarray, region: np.ndarray, config: EvaluateConfig) -> tuple[float, float]:
-    """(amplitude SSIM, phase SSIM) of ``obj`` against ``truth`` on ``region``, aligned as ``workflows.evaluate`` aligns."""
-    compared, _ = metrics.compare(
-        obj, truth, region.astype(np.float32), fraction=0.5, margin_px=0,
-        remove_phase_ramp=config.remove_phase_ramp, register=config.register,
-    )
-    return compared["amplitude.ssim"], compared["phase.ssim"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepPoint:
-    """The state of an iterative run after ``sweep`` sweeps: its SSIMs and the run's wall time so far
-    (start of ``run_pie`` to the end of this sweep, the scoring of earlier sweeps excluded)."""
-
-    sweep: int
-    amplitude_ssim: float
-    phase_ssim: float
-    seconds: float
-
-    def reaches(self, amplitude_ssim: float, phase_ssim: float) -> bool:
-        return self.amplitude_ssim >= amplitude_ssim and self.phase_ssim >= phase_ssim
-
-
-def sweep_curve(
-    data: PtychoDataset, settings: BaselineConfig, truth: np.ndarray, region: np.ndarray, config: EvaluateConfig,
-    *, initial: Reconstruction | None = None, stop: Callable[[SweepPoint], bool] | None = None,
-) -> list[SweepPoint]:
-    """Run ``settings.iterations`` sweeps of ``run_pie`` (from a flat object, or refining
-    ``initial``) and score the object after every sweep; ``stop(point)`` returning True ends the run."""
-    points: list[SweepPoint] = []
-    scoring_s = 0.0
-    started = time.perf_counter()
-
-    def on_iteration(sweeps: int, obj) -> bool:
-        nonlocal scoring_s
-        reached = time.perf_counter()
-        amplitude, phase = ssims(obj.numpy(), truth, region, config)
-        points.append(SweepPoint(sweeps, amplitude, phase, reached - started - scoring_s))
-        scoring_s += time.perf_counter() - reached
-        return stop is not None and stop(points[-1])
-
-    run_pie(data, settings, progress=False, on_iteration=on_iteration, initial=initial)
-    return points
-
-
-def first_reaching(curve: list[SweepPoint], amplitude_ssim: float, phase_ssim: float) -> SweepPoint | None:
-    """The first point of ``curve`` with both SSIMs at or above the targets, or None."""
-    return next((point for point in curve if point.reaches(amplitude_ssim, phase_ssim)), None)
 
 
 def timing(
@@ -127,7 +77,24 @@ def timing(
     return report
 
 
-if __name__ == "__main__":
-    from ptycho import cli
+def main(argv: list[str] | None = None) -> int:
+    """``ptycho benchmark timing`` and ``python -m ptycho.benchmarks.timing``: writes ``--output`` (JSON)."""
+    parser = argparse.ArgumentParser(prog="ptycho benchmark timing", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameter file (sections infer, baseline, evaluate)")
+    parser.add_argument("--test-data", default="data/prepared/test.npz")
+    parser.add_argument("--bundle", default="models/wts.h5.zip")
+    parser.add_argument("--output", default="results/benchmark.json")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="runs per timing; the median is reported")
+    parser.add_argument("--max-iterations", type=positive_int, default=300)
+    args = parser.parse_args(argv)
+    report = timing(
+        args.test_data, args.bundle, config.load_section(args.params, "infer"), config.load_section(args.params, "baseline"),
+        config.load_section(args.params, "evaluate"), repeats=args.repeats, max_iterations=args.max_iterations,
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
-    raise SystemExit(cli.main(["benchmark", "timing", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    sys.exit(main())
