@@ -210,7 +210,7 @@ def infer(
         reconstruction = dataclasses.replace(reconstruction, pixel_size_m=pixel_size_of(test_data))
     save_reconstruction(reconstruction, reconstruction_path)
     if product_path:
-        from ptycho.io.ptychodus import write_product
+        from ptycho.io.product import write_product
 
         write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
@@ -346,7 +346,7 @@ def baseline(
     seconds = time.perf_counter() - started
     save_reconstruction(reconstruction, reconstruction_path)
     if product_path:
-        from ptycho.io.ptychodus import write_product
+        from ptycho.io.product import write_product
 
         write_product(product_path, reconstruction, test_data, losses=errors)
     figures.reconstruction_figure(reconstruction, figure_path, f"iterative reconstruction ({reconstruction.method})")

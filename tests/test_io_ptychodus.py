@@ -13,7 +13,7 @@ from ptycho.config import PrepareConfig, Source
 from ptycho.data import PtychoDataset
 from ptycho.errors import DataError, InputWarning
 from ptycho.io import detect, load_scan, units
-from ptycho.io.ptychodus import product_bytes, write_product
+from ptycho.io.product import product_bytes, write_product
 from ptycho.reconstruction import Reconstruction
 
 SIZE = 16

@@ -3,7 +3,9 @@
 ``prepare.source`` names the family (``npz``, ``cxi``, ``ptychodus``, ``tike``) or ``auto``,
 which detects it from the file's content (:func:`detect`; the detection is recorded in the
 dataset's ``metadata["source_detected"]``). Every reader returns a ``RawScan`` and
-``ptycho.io.ingest.to_dataset`` converts it, once, for all formats alike.
+``ptycho.io.ingest.to_dataset`` converts it, once, for all formats alike. Readers are imported
+when a scan of their family is read, not with this package: a stage that writes a product
+(``ptycho.io.product``) or reads one family depends on those modules alone.
 
 | family | file | patterns | positions | probe | mask |
 |---|---|---|---|---|---|
@@ -15,29 +17,34 @@ dataset's ``metadata["source_detected"]``). Every reader returns a ``RawScan`` a
 
 from __future__ import annotations
 
+import importlib
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
-
-import h5py
+from typing import TYPE_CHECKING
 
 from ptycho.config import PrepareConfig, Source
-from ptycho.data import PtychoDataset
 from ptycho.errors import DataError
-from ptycho.io import cxi, ingest, npz, ptychodus, tike
-from ptycho.io.raw import RawScan
 
-READERS: dict[Source, Callable[[Path, PrepareConfig], RawScan]] = {
-    Source.NPZ: npz.read,
-    Source.CXI: cxi.read,
-    Source.PTYCHODUS: ptychodus.read,
-    Source.TIKE: tike.read,
+if TYPE_CHECKING:
+    from ptycho.data import PtychoDataset
+    from ptycho.io.raw import RawScan
+
+READERS: dict[Source, str] = {
+    Source.NPZ: "ptycho.io.npz",
+    Source.CXI: "ptycho.io.cxi",
+    Source.PTYCHODUS: "ptycho.io.ptychodus",
+    Source.TIKE: "ptycho.io.tike",
 }
+"""The reader module of each family: its ``read(path: Path, config: PrepareConfig) -> RawScan``."""
 
 
 def detect(path: str | Path) -> tuple[Source, str]:
     """(family, reason) of the scan at `path`, from its content (not its name)."""
+    import h5py
+
+    from ptycho.io import ptychodus
+
     path = Path(path)
     if path.is_dir():
         if any((path / name).is_file() for name in ptychodus.PRODUCT_NAMES):
@@ -71,10 +78,12 @@ def read_scan(path: str | Path, config: PrepareConfig) -> RawScan:
     source, reason = (config.source, "prepare.source") if config.source is not Source.AUTO else detect(path)
     if source not in READERS:
         raise DataError(f"{path}: prepare.source '{source.value}' has no file reader")
-    raw = READERS[source](Path(path), config)
+    raw = importlib.import_module(READERS[source]).read(Path(path), config)
     return replace(raw, metadata={**raw.metadata, "source_detected": f"{source.value} ({reason})", "source_file": str(path)})
 
 
 def load_scan(path: str | Path, config: PrepareConfig, *, probe_scale_factor: float | None = None) -> tuple[PtychoDataset, float]:
     """Read, convert and check the scan at `path`: (canonical dataset, probe scale factor applied)."""
+    from ptycho.io import ingest
+
     return ingest.to_dataset(read_scan(path, config), config, probe_scale_factor=probe_scale_factor)
