@@ -226,16 +226,17 @@ class ModelConfig(Section):
     """`model:` section: the network and how scan positions are grouped."""
 
     SECTION: ClassVar[str] = "model"
+    RENAMED: ClassVar[dict[str, str]] = {"architecture": "backbone"}  # old params key -> field
     gridsize: int = 1  # C = gridsize**2 patterns per group (one of GRIDSIZES)
     n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
-    architecture: str = "cnn"  # backbone, one of ptycho.nn.NAMES
+    backbone: str = "cnn"  # the network family, one of ptycho.nn.NAMES (params key before format 3 of the bundle: architecture)
     window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
 
     def check(self) -> None:
         from ptycho.nn import NAMES
 
-        _require(self.architecture in NAMES, "model.architecture", f"allowed values are {list(NAMES)}; got {self.architecture!r}")
+        _require(self.backbone in NAMES, "model.backbone", f"allowed values are {list(NAMES)}; got {self.backbone!r}")
         _require(0.5 <= self.window_share <= 1.0, "model.window_share", f"must be in [0.5, 1], got {self.window_share}")
         _require(self.gridsize in GRIDSIZES, "model.gridsize", f"allowed values are {', '.join(map(str, GRIDSIZES))}; got {self.gridsize}")
         channels = self.gridsize**2
@@ -447,6 +448,11 @@ def section_from_mapping(cls: type[SectionT], section: str, mapping: Mapping[str
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{section}: expected a mapping of keys to values, got {type(mapping).__name__}")
     allowed = [field.name for field in dataclasses.fields(cls)]
+    for old, new in getattr(cls, "RENAMED", {}).items():  # keys of earlier versions, still read
+        if old in mapping:
+            if new in mapping:
+                raise ConfigError(f"{section}.{old}: the old name of {section}.{new}; give one of them, not both")
+            mapping = {(new if key == old else key): value for key, value in mapping.items()}
     unknown = sorted(set(map(str, mapping)) - set(allowed))
     if unknown:
         raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {allowed}")

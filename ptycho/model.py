@@ -33,7 +33,7 @@ from torch import nn
 
 from ptycho import physics
 from ptycho.config import GRIDSIZES
-from ptycho.nn import NAMES as NETWORK_NAMES
+from ptycho.nn import NAMES as BACKBONE_NAMES
 from ptycho.nn import build_backbone
 
 AMPLITUDE_ACTIVATIONS = ("exp", "sigmoid")
@@ -44,7 +44,7 @@ class Architecture:
     """Everything needed to rebuild the network (stored in the bundle as JSON).
 
     N: pattern size, px. gridsize: C = gridsize**2 patterns per group. n_filters_scale:
-    width multiplier. network: backbone name (``ptycho.nn``). window_px: side of the
+    width multiplier. backbone: the network family (``ptycho.nn.NAMES``). window_px: side of the
     predicted object window, px, even, N/2 ... N (0 = N/2, the format-1 value).
     amplitude_activation: "exp" (amplitude = exp(output), 1 at zero output, no asymptote
     near 1) or "sigmoid" (bounded by 1, the format-1 head).
@@ -53,7 +53,7 @@ class Architecture:
     N: int
     gridsize: int
     n_filters_scale: float = 1.0
-    network: str = "cnn"
+    backbone: str = "cnn"
     window_px: int = 0
     amplitude_activation: str = "exp"
 
@@ -64,8 +64,8 @@ class Architecture:
             raise ValueError(f"window_px must be even and in [N/2, N] = [{self.N // 2}, {self.N}], got {self.window_px}")
         if self.gridsize not in GRIDSIZES:
             raise ValueError(f"gridsize must be one of {list(GRIDSIZES)}, got {self.gridsize}")
-        if self.network not in NETWORK_NAMES:
-            raise ValueError(f"network must be one of {list(NETWORK_NAMES)}, got {self.network!r}")
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"backbone must be one of {list(BACKBONE_NAMES)}, got {self.backbone!r}")
         if self.amplitude_activation not in AMPLITUDE_ACTIVATIONS:
             raise ValueError(f"amplitude_activation must be one of {list(AMPLITUDE_ACTIVATIONS)}, got {self.amplitude_activation!r}")
 
@@ -103,7 +103,7 @@ class DiffractionToObject(nn.Module):
         self.architecture = architecture
         size, window = architecture.N, architecture.window_px
         self.backbone = build_backbone(
-            architecture.network, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2,
+            architecture.backbone, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2,
             probe=probe if probe is not None else torch.ones(size, size, dtype=torch.complex64),
             intensity_scale=intensity_scale, probe_scale=probe_scale,
         )

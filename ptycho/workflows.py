@@ -146,7 +146,7 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
         )
     architecture = Architecture(
         N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
-        network=model_config.architecture, window_px=window_px,
+        backbone=model_config.backbone, window_px=window_px,
     )
     groups = make_groups(
         train_data.xcoords, train_data.ycoords, model_config.gridsize, model_config.n_neighbours,

@@ -20,7 +20,7 @@ import torch
 from ptycho.bundle import read, sandbox, schema
 from ptycho.bundle import FORMAT, FORMAT_VERSION, MODEL_NAMES, Bundle, load_bundle, save_bundle
 from ptycho.errors import BundleError
-from ptycho.model import NETWORK_NAMES, Architecture, build_models
+from ptycho.model import BACKBONE_NAMES, Architecture, build_models
 
 N = 32
 EXTRAS = {"history.csv": b"epoch,train_loss\n0,1.5\n1,0.75\n", "config.json": b'{"train": {"epochs": 2}}\n'}
@@ -716,12 +716,33 @@ def test_a_format_1_bundle_loads_and_predicts_as_it_did():
     np.testing.assert_allclose(output.numpy(), np.load(data / "bundle_format1_output.npy"), rtol=1e-5, atol=1e-6)
 
 
+def test_a_format2_bundle_with_the_old_word_network_loads(tmp_path):
+    # Formats 1 and 2 named the backbone "network" in the architecture JSON; format 3 says
+    # "backbone". A format-2 bundle (the same weights, the old word, format_version 2) loads.
+    path = saved(tmp_path)
+    new = json.loads(h5py.File(io.BytesIO(read_members(path)["wts.h5"]), "r").attrs["architecture"])
+    assert "backbone" in new and "network" not in new
+
+    def as_format2(h5):
+        old = {("network" if key == "backbone" else key): value for key, value in new.items()}
+        h5.attrs["architecture"] = json.dumps(old, sort_keys=True)
+        h5.attrs["format_version"] = 2
+
+    weights = edit_weights(read_members(path)["wts.h5"], as_format2)
+    older = repack(path, tmp_path / "format2.zip", {"wts.h5": weights}, manifest={"format_version": 2})
+    assert load_bundle(older).architecture == load_bundle(path).architecture
+    # in format 3 the old word is an unknown field
+    current = repack(path, tmp_path / "format3.zip", {"wts.h5": edit_weights(weights, lambda h5: h5.attrs.__setitem__("format_version", 3))},
+                     manifest={"format_version": 3})
+    expect_error(current, "unknown field", "network")
+
+
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_every_architecture_round_trips_with_a_wide_window(tmp_path, gridsize):
     # The second backbone (physics projection + U-Net, its probe and scales as buffers) and a
     # window wider than N/2 (a defocused probe) round-trip like the reference CNN.
-    for network in NETWORK_NAMES:
-        wide = Architecture(N=N, gridsize=gridsize, n_filters_scale=0.125, network=network, window_px=24)
+    for network in BACKBONE_NAMES:
+        wide = Architecture(N=N, gridsize=gridsize, n_filters_scale=0.125, backbone=network, window_px=24)
         torch.manual_seed(0)
         probe = np.exp(1j * np.linspace(0, 3, N * N)).reshape(N, N).astype(np.complex64)
         autoencoder, diffraction_to_obj = build_models(wide, probe, intensity_scale=2.0, probe_scale=30.0)

@@ -146,3 +146,14 @@ def test_missing_or_broken_params_file(tmp_path):
 def test_lightning_spellings_of_devices_settings_are_accepted():
     for mapping in ({"precision": "32"}, {"precision": "bf16-mixed"}, {"accelerator": "gpu"}, {"accelerator": "auto"}, {"strategy": "ddp"}):
         config.section_from_mapping(TrainConfig, "train", mapping)
+
+
+def test_the_old_params_key_architecture_is_read_as_backbone():
+    # model.architecture was the key before it became model.backbone; old params files still work
+    old = config.section_from_mapping(ModelConfig, "model", {"architecture": "projection_unet"})
+    assert old == config.section_from_mapping(ModelConfig, "model", {"backbone": "projection_unet"})
+    assert old.backbone == "projection_unet"
+    with pytest.raises(ConfigError, match=r"model\.architecture: the old name of model\.backbone"):
+        config.section_from_mapping(ModelConfig, "model", {"architecture": "cnn", "backbone": "cnn"})
+    with pytest.raises(ConfigError, match=r"model\.backbone: allowed values"):
+        config.section_from_mapping(ModelConfig, "model", {"architecture": "resnet"})

@@ -18,10 +18,10 @@ from ptycho.archive import parse_json
 from ptycho.config import GRIDSIZES, coerce
 from ptycho.data import MIN_PATTERN_SIZE
 from ptycho.errors import BundleError, ConfigError
-from ptycho.model import AMPLITUDE_ACTIVATIONS, NETWORK_NAMES, Architecture, build_models
+from ptycho.model import AMPLITUDE_ACTIVATIONS, BACKBONE_NAMES, Architecture, build_models
 
 FORMAT = "ptycho-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 BACKEND = "pytorch"
 MODEL_NAMES = ("autoencoder", "diffraction_to_obj")
 
@@ -79,7 +79,7 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
     "N": Allowed(MIN_PATTERN_SIZE, 1024, step=2),
     "gridsize": Allowed(min(GRIDSIZES), max(GRIDSIZES)),
     "n_filters_scale": Allowed(0.0, 16.0, above=True),
-    "network": Allowed(choices=NETWORK_NAMES),
+    "backbone": Allowed(choices=BACKBONE_NAMES),
     "window_px": Allowed(0, 1024, step=2),  # 0 = N/2; Architecture checks N/2 <= w <= N
     "amplitude_activation": Allowed(choices=AMPLITUDE_ACTIVATIONS),
 }
@@ -98,7 +98,9 @@ ROOT_DATASETS = ("probe",)
 
 
 # Format 1 fixed what later formats record: the CNN, an N/2 window, a sigmoid amplitude.
-FORMAT1_ARCHITECTURE = {"network": "cnn", "amplitude_activation": "sigmoid", "window_px": 0}
+FORMAT1_ARCHITECTURE = {"backbone": "cnn", "amplitude_activation": "sigmoid", "window_px": 0}
+# Formats 1 and 2 named the backbone "network".
+RENAMED_BEFORE_FORMAT3 = {"network": "backbone"}
 
 
 
@@ -121,6 +123,8 @@ def parse_architecture(where: str, text: str, format_version: int = FORMAT_VERSI
     raw = parse_json(text, what, BundleError, max_bytes=MAX_ARCHITECTURE_BYTES)
     if not isinstance(raw, dict):
         raise BundleError(f"{what} must be a JSON object, found {type(raw).__name__}")
+    if format_version <= 2:
+        raw = {RENAMED_BEFORE_FORMAT3.get(key, key): value for key, value in raw.items()}
     if format_version == 1:
         raw = {**FORMAT1_ARCHITECTURE, **raw}
     fields = {field.name: field for field in dataclasses.fields(Architecture)}

@@ -1,4 +1,4 @@
-"""Network architectures (backbones) of the PINN, by name (``model.architecture`` in params.yaml).
+"""Network architectures (backbones) of the PINN, by name (``model.backbone`` in params.yaml).
 
 A backbone maps the normalised diffraction input (B, C, N, N) to raw amplitude and phase maps,
 each (B, C, S, S) with S = N/2 or N; ``ptycho.model.DiffractionToObject`` adds the heads, the
@@ -29,4 +29,4 @@ def build_backbone(
         return CNN(size, channels, n_filters_scale, full_resolution)
     if name == "projection_unet":
         return ProjectionUNet(size, channels, n_filters_scale, probe, intensity_scale, probe_scale)
-    raise ValueError(f"unknown architecture {name!r}; known: {list(NAMES)}")
+    raise ValueError(f"unknown backbone {name!r}; known: {list(NAMES)}")
