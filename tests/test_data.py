@@ -99,21 +99,39 @@ def test_defaults_when_optional_keys_absent(tmp_path):
     assert ds.probe.dtype == np.complex64 and np.all(ds.probe.imag == 0)
 
 
-def test_diff3d_key(tmp_path):
+THROUGH_PREPARE = "convert the file once with `prepare` (prepare.source: npz"
+
+
+def test_a_ptychopinn_key_is_refused_with_the_way_through_prepare(tmp_path):
     arrays = canonical_arrays()
     arrays["diff3d"] = arrays.pop("diffraction").astype(np.float64)
-    ds = load_dataset(write_npz(tmp_path / "d.npz", arrays))
-    assert ds.amplitudes.dtype == np.float32
-    np.testing.assert_array_equal(ds.amplitudes, make_dataset().amplitudes)
+    path = write_npz(tmp_path / "d.npz", arrays)
+    with pytest.raises(DataError, match="key 'diff3d': a PtychoPINN key") as info:
+        load_dataset(path)
+    assert str(path) in str(info.value) and THROUGH_PREPARE in str(info.value)
 
 
-def test_legacy_nnm_order_is_transposed(tmp_path):
+def test_the_legacy_nnm_order_is_refused_with_the_way_through_prepare(tmp_path):
     arrays = canonical_arrays()
     arrays["diffraction"] = np.transpose(arrays["diffraction"], (1, 2, 0))  # (N, N, M)
-    ds = load_dataset(write_npz(tmp_path / "nnm.npz", arrays))
-    np.testing.assert_array_equal(ds.amplitudes, make_dataset().amplitudes)
-    assert ds.amplitudes.flags.c_contiguous
-    assert ds.metadata["converted_from_order"] == "NNM"
+    with pytest.raises(DataError, match=r"key 'diffraction': shape \(16, 16, 6\) is PtychoPINN's \(N, N, M\) order") as info:
+        load_dataset(write_npz(tmp_path / "nnm.npz", arrays))
+    assert THROUGH_PREPARE in str(info.value)
+
+
+def test_the_legacy_forms_go_through_prepare_to_the_same_dataset(tmp_path):
+    # What load_dataset refuses, prepare's npz reader converts: diff3d in (N, N, M) order holding counts.
+    from ptycho.config import PrepareConfig
+    from ptycho.io import load_scan
+
+    arrays = canonical_arrays()
+    amplitudes = arrays.pop("diffraction")
+    arrays["diff3d"] = np.transpose(np.square(amplitudes), (1, 2, 0))
+    arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity"}))
+    path = write_npz(tmp_path / "legacy.npz", arrays)
+    data, _ = load_scan(path, PrepareConfig(source="npz", train_file=str(path), N=N, input_checks="warn"))
+    np.testing.assert_allclose(data.amplitudes, amplitudes, rtol=1e-6)
+    assert data.metadata["pattern_order"] == "NNM" and data.metadata["converted_from"] == "intensity"
 
 
 def test_cube_is_read_as_canonical(tmp_path):
@@ -127,32 +145,17 @@ def test_cube_is_read_as_canonical(tmp_path):
     assert "converted_from_order" not in ds.metadata
 
 
-def test_declared_intensities_are_converted_once(tmp_path):
-    counts = np.random.default_rng(2).poisson(50.0, size=(M, N, N))  # integer counts
+def test_declared_intensities_are_refused_with_the_way_through_prepare(tmp_path):
     arrays = canonical_arrays()
-    arrays["diffraction"] = counts
+    arrays["diffraction"] = np.random.default_rng(2).poisson(50.0, size=(M, N, N))  # integer counts
     arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity", "nphotons": 5}))
-    ds = load_dataset(write_npz(tmp_path / "counts.npz", arrays))
-    np.testing.assert_allclose(ds.amplitudes, np.sqrt(counts), rtol=1e-6)
-    assert ds.amplitudes.dtype == np.float32
-    assert ds.metadata == {"diffraction_quantity": "amplitude", "converted_from": "intensity", "nphotons": 5}
-    # Saving and reloading must not take the square root a second time.
-    save_dataset(ds, tmp_path / "again.npz")
-    np.testing.assert_array_equal(load_dataset(tmp_path / "again.npz").amplitudes, ds.amplitudes)
-
-
-def test_argument_overrides_declared_quantity(tmp_path):
+    with pytest.raises(DataError, match=r"key 'metadata.diffraction_quantity': 'intensity': a canonical file holds amplitudes") as info:
+        load_dataset(write_npz(tmp_path / "counts.npz", arrays))
+    assert THROUGH_PREPARE in str(info.value)
+    # a file that declares amplitudes reads as it is
     arrays = canonical_arrays()
-    del arrays["metadata"]  # file declares nothing: amplitude by default
-    path = write_npz(tmp_path / "i.npz", arrays)
-    assert "converted_from" not in load_dataset(path).metadata
-    ds = load_dataset(path, diffraction_quantity="intensity")
-    np.testing.assert_allclose(ds.amplitudes, np.sqrt(arrays["diffraction"]), rtol=1e-6)
-    assert ds.metadata["converted_from"] == "intensity"
-
-    arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity"}))
-    path = write_npz(tmp_path / "a.npz", arrays)
-    ds = load_dataset(path, diffraction_quantity="amplitude")
+    arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "amplitude"}))
+    ds = load_dataset(write_npz(tmp_path / "a.npz", arrays))
     np.testing.assert_array_equal(ds.amplitudes, arrays["diffraction"])
     assert ds.metadata == {"diffraction_quantity": "amplitude"}
 
@@ -222,7 +225,7 @@ BAD_FILES = [
     ("missing-xcoords", _drop("xcoords"), "xcoords", "missing"),
     ("missing-ycoords", _drop("ycoords"), "ycoords", "missing"),
     ("missing-probe", _drop("probeGuess"), "probeGuess", "missing"),
-    ("both-diffraction-keys", _set("diff3d", lambda a: a["diffraction"]), "diffraction", "ambiguous"),
+    ("both-diffraction-keys", _set("diff3d", lambda a: a["diffraction"]), "diff3d", "prepare"),
     ("diffraction-2d", _set("diffraction", lambda a: a["diffraction"][0]), "diffraction", "3-D"),
     ("diffraction-4d", _set("diffraction", lambda a: a["diffraction"][None]), "diffraction", "3-D"),
     ("non-square", _set("diffraction", lambda a: a["diffraction"][:, :, :6]), "diffraction", "square"),
@@ -252,8 +255,7 @@ BAD_FILES = [
     ("metadata-not-string", _set("metadata", np.arange(3)), "metadata", "0-d string"),
     ("quantity-unknown", _meta('{"diffraction_quantity": "counts"}'), "metadata.diffraction_quantity",
      "'intensity'"),
-    ("intensity-negative", _declared_intensity_with(-4.0), "diffraction", "negative intensity"),
-    ("intensity-nan", _declared_intensity_with(np.nan), "diffraction", "non-finite intensity"),
+    ("intensity-negative", _declared_intensity_with(-4.0), "metadata.diffraction_quantity", "prepare"),
 ]
 
 
@@ -268,19 +270,6 @@ def test_bad_file_is_refused_with_file_key_and_problem(tmp_path, edit, key, word
     assert str(path) in message
     assert f"key '{key}'" in message
     assert words in message
-
-
-def test_diff3d_errors_name_diff3d(tmp_path):
-    arrays = canonical_arrays()
-    arrays["diff3d"] = arrays.pop("diffraction")[:, :7, :7]
-    with pytest.raises(DataError, match="key 'diff3d': pattern size must be even"):
-        load_dataset(write_npz(tmp_path / "d.npz", arrays))
-
-
-def test_invalid_quantity_argument(tmp_path):
-    path = write_npz(tmp_path / "scan.npz", canonical_arrays())
-    with pytest.raises(DataError, match=r"key 'metadata.diffraction_quantity'.*'amplitude', 'intensity'"):
-        load_dataset(path, diffraction_quantity="counts")
 
 
 def test_missing_file(tmp_path):
@@ -546,20 +535,16 @@ def test_a_compressed_file_is_read_into_memory_with_a_warning(tmp_path):
     assert_same(dataset, load_dataset(path))
 
 
-def test_intensities_and_legacy_order_are_converted_in_memory_when_read_by_rows(tmp_path):
-    from ptycho.errors import InputWarning
-
+def test_intensities_and_legacy_order_are_refused_when_read_by_rows_too(tmp_path):
     arrays = canonical_arrays()
     arrays["diffraction"] = arrays["diffraction"] ** 2
     arrays["metadata"] = np.array(json.dumps({"diffraction_quantity": "intensity"}))
-    with pytest.warns(InputWarning, match="holds intensities"):
-        converted = load_dataset(write_npz(tmp_path / "i.npz", arrays), by_rows=True)
-    np.testing.assert_allclose(converted.amplitudes, make_dataset().amplitudes, rtol=1e-6)
+    with pytest.raises(DataError, match=r"key 'metadata.diffraction_quantity'.*prepare"):
+        load_dataset(write_npz(tmp_path / "i.npz", arrays), by_rows=True)
     arrays = canonical_arrays()
     arrays["diffraction"] = np.ascontiguousarray(np.transpose(arrays["diffraction"], (1, 2, 0)))
-    with pytest.warns(InputWarning, match=r"shape \(16, 16, 6\) is not \(M, N, N\)"):
-        legacy = load_dataset(write_npz(tmp_path / "nnm.npz", arrays), by_rows=True)
-    np.testing.assert_array_equal(legacy.amplitudes, make_dataset().amplitudes)
+    with pytest.raises(DataError, match=r"\(N, N, M\) order.*prepare"):
+        load_dataset(write_npz(tmp_path / "nnm.npz", arrays), by_rows=True)
 
 
 def test_patterns_read_by_rows_are_checked_like_those_in_memory(tmp_path, monkeypatch):

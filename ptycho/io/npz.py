@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycho.config import PatternOrder, PrepareConfig
-from ptycho.data import cast, parse_metadata, read_npz
+from ptycho.npzfile import cast, parse_metadata, read_npz
 from ptycho.errors import DataError
 from ptycho.io.raw import Finding, RawScan
 

@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from ptycho.config import PrepareConfig
-from ptycho.data import read_npz
+from ptycho.npzfile import read_npz
 from ptycho.errors import DataError
 from ptycho.io import hdf5, units
 from ptycho.io.raw import Finding, RawScan

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycho.config import PrepareConfig
-from ptycho.data import cast, read_npz
+from ptycho.npzfile import cast, read_npz
 from ptycho.errors import DataError
 from ptycho.io.npz import probe_modes
 from ptycho.io.raw import RawScan
