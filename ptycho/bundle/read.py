@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ptycho.archive import check_declared_size, checked_infos, open_zip, parse_json, read_member
-from ptycho.bundle import sandbox
+from ptycho.bundle.sandbox import parse_hdf5
 from ptycho.bundle.schema import (
     BACKEND, FORMAT, FORMAT_VERSION, FOREIGN_NAMES, MANIFEST, MAX_BUNDLE_BYTES, MAX_EXTRA_BYTES, MAX_MANIFEST_BYTES,
     MAX_MEMBERS, MAX_WEIGHTS_BYTES, MODEL_NAMES, PICKLED_SUFFIXES, ROOT_DATASETS, ROOT_SCALARS, ROOT_TEXTS, WEIGHTS, Allowed,
@@ -177,7 +177,7 @@ def _member_caps(path: Path, manifest: dict, infos: dict[str, zipfile.ZipInfo]) 
 def _read_weights(path: Path, data: bytes, format_version: int):
     """Models, architecture, intensity scale and probe from the bytes of ``wts.h5``, every value checked."""
     where = f"{path}: {WEIGHTS}"
-    groups, texts, arrays = sandbox.parse_hdf5(where, data)
+    groups, texts, arrays = parse_hdf5(where, data)
     for name in MODEL_NAMES:
         if name not in groups:
             raise BundleError(f"{where} has no group for model '{name}'")

@@ -54,16 +54,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ptycho import physics
-from ptycho.config import BaselineConfig
+from ptycho.config import Algorithm, BaselineConfig
 from ptycho.data import PtychoDataset, pixel_size_of, validate
 from ptycho.errors import ConfigError, DataError
 from ptycho.iterative.forward import Windows, coverage_map, forward, gather_patches, translate_modes
-from ptycho.iterative.weights import STEP_WEIGHTS
+from ptycho.iterative.weights import epie_weight, rpie_weight
 from ptycho.reconstruction import Reconstruction
 from ptycho.stitching import canvas_frame
 
 _CACHE_LIMIT_BYTES = 512 * 2**20
 """With a fixed probe the M translated probes are computed once if they fit in this memory."""
+
+STEP_WEIGHTS = {Algorithm.EPIE: epie_weight, Algorithm.RPIE: rpie_weight}
+"""The step weight of each algorithm (``ptycho.iterative.weights``): all that tells them apart."""
 
 _MODULUS_FLOOR = 1e-30
 """Where F = 0 exactly (outside the probe's band limit) it stays 0: the floor keeps A / |F|
