@@ -18,6 +18,7 @@ Order (each step recorded in ``metadata``):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,19 +72,57 @@ def _check_values(values: np.ndarray, source: str, key: str, what: str) -> None:
         )
 
 
+@dataclass
+class _Scan:
+    """The scan between the steps of ``to_dataset``: the arrays each step transforms, and the
+    metadata that records what was done."""
+
+    intensities: np.ndarray  # (M, N, N) float32 counts
+    mask: np.ndarray | None  # (N, N) bool, True = valid
+    probe: np.ndarray | None  # (K, N, N) complex64 modes, or None (estimated in step 6)
+    xcoords: np.ndarray
+    ycoords: np.ndarray
+    object: np.ndarray | None
+    metadata: dict[str, Any]
+
+
 def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float | None = None) -> tuple[PtychoDataset, float]:
-    """Convert and check one scan; returns (dataset, the factor the probe was multiplied by).
+    """Convert and check one scan (the steps of the module docstring); returns (dataset, the
+    factor the probe was multiplied by).
 
     `probe_scale_factor`: with ``probe_scale: counts``, use this factor (the training file's)
     instead of measuring one on this file. Raises DataError naming the file, key and problem
     (and the fix) for anything that cannot be read safely.
     """
-    source, key = raw.source, raw.pattern_key
-    checker = checks.Checker(config.input_checks, source)
+    checker = checks.Checker(config.input_checks, raw.source)
     for finding in raw.findings:
         checker.warn(finding.key, finding.problem, finding.fix)
-    metadata: dict[str, Any] = {key_: value for key_, value in raw.metadata.items() if key_ != "diffraction_quantity"}
+    scan = _intensities(raw, config, checker)  # steps 1 and 2
+    _centre_zero_frequency(scan, raw, config, checker)  # step 3
+    size = _crop_and_bin(scan, raw, config, checker)  # step 4
+    amplitudes = _amplitudes(scan, size, raw.source)  # step 5
+    factor = _probe(scan, amplitudes, size, raw, config, checker, probe_scale_factor)  # step 6
+    scan.metadata["input_checks"] = checker.messages
+    modes = scan.probe.astype(np.complex64)
+    dataset = PtychoDataset(
+        amplitudes=amplitudes,
+        xcoords=scan.xcoords,
+        ycoords=scan.ycoords,
+        probe=np.ascontiguousarray(modes[0]),
+        object=None if scan.object is None else np.asarray(scan.object, dtype=np.complex64),
+        scan_index=np.arange(len(scan.xcoords), dtype=np.int64) if raw.scan_index is None else raw.scan_index.astype(np.int64),
+        metadata={**scan.metadata, "diffraction_quantity": "amplitude"},
+        mask=scan.mask,
+        probe_modes=modes if modes.shape[0] > 1 else None,
+    )
+    validate(dataset, raw.source, diffraction_key=raw.pattern_key)
+    return dataset, factor
 
+
+def _intensities(raw: RawScan, config: PrepareConfig, checker: checks.Checker) -> _Scan:
+    """Steps 1 and 2: what the patterns hold, and intensities (counts) from them, checked."""
+    source, key = raw.source, raw.pattern_key
+    metadata: dict[str, Any] = {key_: value for key_, value in raw.metadata.items() if key_ != "diffraction_quantity"}
     patterns = raw.patterns
     if patterns.dtype.kind not in "iuf":
         raise _error(source, key, f"dtype {patterns.dtype} cannot hold diffraction data; expected real numbers")
@@ -99,9 +138,19 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
     metadata["diffraction_quantity_origin"] = f"{quantity}: {origin}"
     if quantity == "intensity":
         metadata["converted_from"] = "intensity"
-    mask = None if raw.mask is None else np.asarray(raw.mask, dtype=bool)
+    return _Scan(
+        intensities=intensities,
+        mask=None if raw.mask is None else np.asarray(raw.mask, dtype=bool),
+        probe=None if raw.probe is None else np.asarray(raw.probe, dtype=np.complex64),
+        xcoords=raw.xcoords.astype(np.float64),
+        ycoords=raw.ycoords.astype(np.float64),
+        object=raw.object,
+        metadata=metadata,
+    )
 
-    # Zero frequency to the centre.
+
+def _centre_zero_frequency(scan: _Scan, raw: RawScan, config: PrepareConfig, checker: checks.Checker) -> None:
+    """Step 3: zero frequency to the centre, then checked."""
     if config.zero_frequency is ZeroFrequency.AUTO:
         shift = raw.centred is False
         why = {False: "the format stores it in the corners", True: "the format stores it centred"}.get(
@@ -110,40 +159,41 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
     else:
         shift, why = config.zero_frequency is ZeroFrequency.CORNERS, "prepare.zero_frequency"
     if shift:
-        intensities = np.fft.fftshift(intensities, axes=(-2, -1))
-        mask = None if mask is None else np.fft.fftshift(mask)
-    metadata["zero_frequency"] = ("moved from the corners to the centre (fftshift): " if shift else "kept: ") + why
-    centre, corners = checks.zero_frequency_shares(intensities)
+        scan.intensities = np.fft.fftshift(scan.intensities, axes=(-2, -1))
+        scan.mask = None if scan.mask is None else np.fft.fftshift(scan.mask)
+    scan.metadata["zero_frequency"] = ("moved from the corners to the centre (fftshift): " if shift else "kept: ") + why
+    centre, corners = checks.zero_frequency_shares(scan.intensities)
     if corners > centre:
         checker.fail(
-            key,
+            raw.pattern_key,
             f"the mean pattern holds {100 * corners:.0f} % of its energy near the corners and {100 * centre:.0f} % near "
             "the centre: the zero frequency is not centred",
             "set prepare.zero_frequency: " + ("centre (the file is already centred)" if shift else "corners (the file is not fftshifted)"),
         )
 
-    probe = None if raw.probe is None else np.asarray(raw.probe, dtype=np.complex64)
-    xcoords, ycoords = raw.xcoords.astype(np.float64), raw.ycoords.astype(np.float64)
-    obj = raw.object
-    height, width = intensities.shape[-2:]
 
+def _crop_and_bin(scan: _Scan, raw: RawScan, config: PrepareConfig, checker: checks.Checker) -> int:
+    """Step 4: detector crop, then binning, with probe, mask, positions and pixel sizes alike;
+    returns N, which must equal ``prepare.N``."""
+    source, key, metadata = raw.source, raw.pattern_key, scan.metadata
+    height, width = scan.intensities.shape[-2:]
     if config.detector_crop_px:
         crop = config.detector_crop_px
         if crop > min(height, width):
             raise _error(source, key, f"prepare.detector_crop_px = {crop} exceeds the {height} x {width} patterns")
-        if probe is not None and probe.shape[-2:] != (height, width):
-            raise _error(source, "probe", f"probe {probe.shape[-2:]} differs from the {height} x {width} patterns")
+        if scan.probe is not None and scan.probe.shape[-2:] != (height, width):
+            raise _error(source, "probe", f"probe {scan.probe.shape[-2:]} differs from the {height} x {width} patterns")
         if height != width:
             raise _error(source, key, f"cropping {height} x {width} patterns is not supported; they must be square")
         scale = crop / height
-        intensities = detector.crop_patterns(intensities, crop)
-        mask = None if mask is None else detector.crop_patterns(mask, crop)
-        probe = None if probe is None else detector.fourier_crop_probe(probe, crop)
-        xcoords, ycoords = xcoords * scale, ycoords * scale
+        scan.intensities = detector.crop_patterns(scan.intensities, crop)
+        scan.mask = None if scan.mask is None else detector.crop_patterns(scan.mask, crop)
+        scan.probe = None if scan.probe is None else detector.fourier_crop_probe(scan.probe, crop)
+        scan.xcoords, scan.ycoords = scan.xcoords * scale, scan.ycoords * scale
         if "object_pixel_size_m" in metadata:
             metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
-        if obj is not None:
-            obj = None
+        if scan.object is not None:
+            scan.object = None
             metadata["reference_object"] = "dropped: the crop changed the object pixel size"
         metadata["detector_crop_px"] = f"{height} -> {crop}: object pixels x {height / crop:g}, positions x {scale:g}, probe Fourier-cropped"
         height = width = crop
@@ -156,11 +206,11 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
         if size % factor or (size // factor) % 2:
             raise _error(source, key, f"prepare.detector_bin = {factor} must divide N = {size} into an even size")
         binned = size // factor
-        intensities = detector.bin_patterns(intensities, factor)
-        mask = None if mask is None else detector.bin_mask(mask, factor)
+        scan.intensities = detector.bin_patterns(scan.intensities, factor)
+        scan.mask = None if scan.mask is None else detector.bin_mask(scan.mask, factor)
         lost = 0.0
-        if probe is not None:
-            probe, lost = detector.central_window(probe, binned)
+        if scan.probe is not None:
+            scan.probe, lost = detector.central_window(scan.probe, binned)
             if lost > 0.01:
                 checker.warn(
                     "probe", f"binning by {factor} cuts the probe to its central {binned} x {binned} window and loses "
@@ -178,28 +228,39 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
             f"patterns are {size} x {size} px (after crop/bin) but prepare.N = {config.N}; set prepare.N: {size}, "
             f"or reduce them with prepare.detector_crop_px or prepare.detector_bin",
         )
+    return size
 
-    if mask is not None:
-        if mask.shape != (size, size):
-            raise _error(source, "mask", f"shape {mask.shape} does not match the {size} x {size} patterns")
-        intensities = np.where(mask, intensities, np.float32(0.0))
-        metadata["mask"] = f"{int((~mask).sum())} of {mask.size} detector pixels invalid (set to 0, left out of fits)"
-        if mask.all():
-            mask = None
-    amplitudes = np.sqrt(intensities).astype(np.float32)
 
-    if probe is None:
-        probe = detector.probe_from_patterns(intensities, mask)
-        metadata["probe_origin"] = "estimated: fftshift(ifft2(ifftshift(sqrt(mean counts)))) (focused-probe guess)"
-    elif probe.ndim != 3 or probe.shape[-2:] != (size, size):
-        raise _error(source, "probe", f"expected probe modes of shape (K, {size}, {size}), found {probe.shape}")
+def _amplitudes(scan: _Scan, size: int, source: str) -> np.ndarray:
+    """Step 5: masked pixels set to 0; amplitudes A = sqrt(I), float32 (the only square root taken)."""
+    if scan.mask is not None:
+        if scan.mask.shape != (size, size):
+            raise _error(source, "mask", f"shape {scan.mask.shape} does not match the {size} x {size} patterns")
+        scan.intensities = np.where(scan.mask, scan.intensities, np.float32(0.0))
+        scan.metadata["mask"] = f"{int((~scan.mask).sum())} of {scan.mask.size} detector pixels invalid (set to 0, left out of fits)"
+        if scan.mask.all():
+            scan.mask = None
+    return np.sqrt(scan.intensities).astype(np.float32)
 
-    ratio = checks.probe_counts_ratio(amplitudes, probe)
+
+def _probe(
+    scan: _Scan, amplitudes: np.ndarray, size: int, raw: RawScan, config: PrepareConfig, checker: checks.Checker,
+    probe_scale_factor: float | None,
+) -> float:
+    """Step 6: the file's modes, or an estimate from the mean pattern; its scale checked against
+    the counts and, with ``prepare.probe_scale: counts``, scaled to them. Returns the factor."""
+    if scan.probe is None:
+        scan.probe = detector.probe_from_patterns(scan.intensities, scan.mask)
+        scan.metadata["probe_origin"] = "estimated: fftshift(ifft2(ifftshift(sqrt(mean counts)))) (focused-probe guess)"
+    elif scan.probe.ndim != 3 or scan.probe.shape[-2:] != (size, size):
+        raise _error(raw.source, "probe", f"expected probe modes of shape (K, {size}, {size}), found {scan.probe.shape}")
+
+    ratio = checks.probe_counts_ratio(amplitudes, scan.probe)
     factor = 1.0
     if config.probe_scale is ProbeScale.COUNTS:
         factor = probe_scale_factor if probe_scale_factor is not None else math.sqrt(ratio)
-        probe = (probe * factor).astype(np.complex64)
-        metadata["probe_scale_factor"] = factor
+        scan.probe = (scan.probe * factor).astype(np.complex64)
+        scan.metadata["probe_scale_factor"] = factor
     # With probe refinement at prepare the file's probe is replaced by one on the counts' scale: nothing to report
     elif config.probe_refinement_sweeps == 0 and not checks.PROBE_RATIO_RANGE[0] <= ratio <= checks.PROBE_RATIO_RANGE[1]:
         checker.warn(
@@ -207,21 +268,4 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
             "counts' scale (the network and the baseline calibrate it themselves; the file keeps it as it is)",
             "set prepare.probe_scale: counts to scale it to the data",
         )
-
-    if obj is not None:
-        obj = np.asarray(obj, dtype=np.complex64)
-    metadata["input_checks"] = checker.messages
-    modes = probe.astype(np.complex64)
-    dataset = PtychoDataset(
-        amplitudes=amplitudes,
-        xcoords=xcoords,
-        ycoords=ycoords,
-        probe=np.ascontiguousarray(modes[0]),
-        object=obj,
-        scan_index=np.arange(len(xcoords), dtype=np.int64) if raw.scan_index is None else raw.scan_index.astype(np.int64),
-        metadata={**metadata, "diffraction_quantity": "amplitude"},
-        mask=mask,
-        probe_modes=modes if modes.shape[0] > 1 else None,
-    )
-    validate(dataset, source, diffraction_key=key)
-    return dataset, factor
+    return factor
