@@ -46,7 +46,7 @@ from ptycho.config import PrepareConfig
 from ptycho.data import PtychoDataset, read_npz
 from ptycho.errors import DataError
 from ptycho.files import write_atomically
-from ptycho.io import hdf5, units
+from ptycho.io import hdf5, safety, units
 from ptycho.io.raw import Finding, RawScan
 
 PRODUCT_NAMES = ("product.h5", "product.npz")
@@ -61,15 +61,14 @@ def scan_files(path: Path) -> tuple[Path, Path]:
         if not products:
             raise DataError(f"{path}: no {' or '.join(PRODUCT_NAMES)} in this folder (a ptychodus scan folder holds one and {DIFFRACTION_NAME})")
         product = products[0]
-    elif path.is_file():
-        product = path
     else:
-        raise DataError(f"{path}: file not found")
+        product = safety.regular_file(path)
     diffraction = product.parent / DIFFRACTION_NAME
     if product.name == DIFFRACTION_NAME:
         raise DataError(f"{path}: give the product file (or the folder), not {DIFFRACTION_NAME}")
-    if not diffraction.is_file():
+    if not diffraction.exists():
         raise DataError(f"{diffraction}: file not found (the diffraction patterns that go with {product})")
+    safety.regular_file(diffraction)
     return product, diffraction
 
 
@@ -131,6 +130,9 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     product_path, diffraction_path = scan_files(Path(path))
     source = f"{product_path} + {diffraction_path.name}"
     product = _product_npz(product_path) if product_path.suffix == ".npz" else _product_h5(product_path)
+    for key, quantity in (("energy_ev", "photon_energy_eV"), ("distance_m", "distance_m")):
+        if product[key] != 0:  # 0: unknown (as ptycho's own export writes a scan without units)
+            safety.plausible(product[key], str(product_path), {"energy_ev": "photon_energy_eV"}.get(key, "detector_object_distance_m"), quantity)
     with hdf5.open_hdf5(diffraction_path) as h5:
         patterns_item = h5.get("patterns")
         if not isinstance(patterns_item, h5py.Dataset):
@@ -179,7 +181,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         number = hdf5.scalar(value, str(product_path), key)
         if number <= 0:
             raise DataError(f"{product_path}: key '{key}': must be > 0, found {number:g}")
-        return number
+        return safety.plausible(number, str(product_path), key, "object_pixel_m")
 
     pixel_width = positive(product["object_pixel"][0], "object.pixel_width_m")
     pixel_height = positive(product["object_pixel"][1], "object.pixel_height_m")
@@ -188,8 +190,10 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     height, width = obj.shape
     detector_pixel = None
     if "detector_pixel_width_m" in pattern_attrs and "detector_pixel_height_m" in pattern_attrs:
-        detector_pixel = (hdf5.scalar(pattern_attrs["detector_pixel_width_m"], str(diffraction_path), "detector_pixel_width_m"),
-                          hdf5.scalar(pattern_attrs["detector_pixel_height_m"], str(diffraction_path), "detector_pixel_height_m"))
+        detector_pixel = tuple(
+            safety.plausible(hdf5.scalar(pattern_attrs[key], str(diffraction_path), key), str(diffraction_path), key, "detector_pixel_m")
+            for key in ("detector_pixel_width_m", "detector_pixel_height_m")
+        )
     wavelength = units.wavelength_from_energy_ev(product["energy_ev"]) if product["energy_ev"] > 0 else None
     unit_keys = units.units_metadata(wavelength_m=wavelength, distance_m=product["distance_m"], detector_pixel_m=detector_pixel, size=size)
     if "object_pixel_size_m" in unit_keys:
