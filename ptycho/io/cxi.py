@@ -62,6 +62,8 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
                 f"{source}: key '{translation_path}': expected ({patterns.shape[0]}, 3) positions in metres for "
                 f"{patterns.shape[0]} patterns, found shape {translation.shape}"
             )
+        if translation.size and np.all(np.isfinite(translation)):  # non-finite values are reported by the dataset check
+            safety.plausible(float(np.max(np.abs(translation[:, :2]))), source, translation_path, "position_m")
         energy = hdf5.optional(h5, f"{SOURCE}/energy")
         wavelength_value = hdf5.optional(h5, f"{SOURCE}/wavelength")
         if energy is not None:

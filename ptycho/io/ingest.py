@@ -191,7 +191,7 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
     if probe is None:
         probe = detector.probe_from_patterns(intensities, mask)
         metadata["probe_origin"] = "estimated: fftshift(ifft2(ifftshift(sqrt(mean counts)))) (focused-probe guess)"
-    elif probe.ndim != 3 or probe.shape[-2:] != (size, size):
+    elif probe.ndim != 3 or probe.shape[-2:] != (size, size) or probe.shape[0] == 0:
         raise _error(source, "probe", f"expected probe modes of shape (K, {size}, {size}), found {probe.shape}")
 
     ratio = checks.probe_counts_ratio(amplitudes, probe)

@@ -124,6 +124,14 @@ def _product_npz(path: Path) -> dict[str, Any]:
     }
 
 
+def _indexes(values: Any, source: str, key: str) -> np.ndarray:
+    """Whole numbers as int64 (M,), or DataError naming the key."""
+    values = np.asarray(values).reshape(-1)
+    if values.dtype.kind not in "iuf" or not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or np.any(np.abs(values) > 2**53):
+        raise DataError(f"{source}: key '{key}': expected whole-number indexes, found {values.dtype} values such as {values[:3]}")
+    return values.astype(np.int64)
+
+
 def read(path: Path, config: PrepareConfig) -> RawScan:
     """Read a ptychodus product and its diffraction file (module docstring)."""
     del config
@@ -141,12 +149,15 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         pattern_attrs = dict(patterns_item.attrs)
         pattern_indexes = hdf5.dataset(h5, "indexes", str(diffraction_path)) if "indexes" in h5 else np.arange(len(patterns))
         bad_pixels = hdf5.optional(h5, "bad_pixels")
-    if patterns.ndim != 3:
+    if patterns.ndim != 3 or 0 in patterns.shape:
         raise DataError(f"{diffraction_path}: key 'patterns': expected (M, N, N), found shape {patterns.shape}")
+    pattern_indexes = _indexes(pattern_indexes, str(diffraction_path), "indexes")
+    if len(pattern_indexes) != len(patterns):
+        raise DataError(f"{diffraction_path}: key 'indexes': {len(pattern_indexes)} indexes for {len(patterns)} patterns")
     size = patterns.shape[-1]
 
     findings: list[Finding] = []
-    indexes = np.asarray(product["indexes"]).astype(np.int64).reshape(-1)
+    indexes = _indexes(product["indexes"], str(product_path), "probe_position_indexes")
     x_m = np.asarray(product["x_m"], dtype=np.float64).reshape(-1)
     y_m = np.asarray(product["y_m"], dtype=np.float64).reshape(-1)
     if not len(indexes) == len(x_m) == len(y_m):
@@ -160,6 +171,9 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         findings.append(Finding("indexes", f"{len(patterns) - len(rows)} patterns have no position in the product and are left out", "add their positions to the product if you need them"))
 
     obj = np.asarray(product["object"])
+    for key, value in (("object", obj), ("probe", np.asarray(product["probe"]))):
+        if value.size == 0:
+            raise DataError(f"{product_path}: key '{key}': empty, shape {value.shape}")
     while obj.ndim > 2 and obj.shape[0] == 1:
         obj = obj[0]
     if obj.ndim == 3:

@@ -49,6 +49,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "distance_m": (1e-4, 1e3, "m"),
     "detector_pixel_m": (1e-7, 1e-2, "m"),
     "object_pixel_m": (1e-12, 1e-3, "m"),
+    "position_m": (0.0, 1.0, "m (largest |position|)"),
 }
 
 
@@ -138,6 +139,7 @@ def _check_attributes(item: h5py.HLObject, where: str, source: str, counter: lis
         nbytes = _declared_bytes(attribute.shape, attribute.dtype)
         if nbytes > MAX_ATTRIBUTE_BYTES:
             raise DataError(f"{source}: attribute '{name}' of '{where}': declares {_size(nbytes)}; attributes hold scalars and short vectors")
+        item.attrs[name]  # small: read now, so that a damaged one is refused here, not where a reader reads it
 
 
 def _walk(h5: h5py.File, source: str) -> list[str]:
@@ -152,8 +154,8 @@ def _walk(h5: h5py.File, source: str) -> list[str]:
             counter[0] += 1
             if counter[0] > MAX_LINKS:
                 raise DataError(f"{source}: more than {MAX_LINKS} links and attributes; not a scan file this reader walks")
-            where = f"{prefix}/{name}"
-            kind = group.id.links.get_info(name.encode("utf-8", "surrogateescape")).type
+            where = f"{prefix}/{name if isinstance(name, str) else repr(name)}"
+            kind = group.id.links.get_info(name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")).type
             if kind == h5l.TYPE_SOFT:
                 soft.append(where)
                 continue
