@@ -126,8 +126,9 @@ def save_bundle(
     _architecture(where, json.dumps(architecture.to_dict()))
     _expected_layout(where, architecture)
     for name, value in (("intensity_scale", intensity_scale), ("probe_scale", probe_scale)):
-        if not (math.isfinite(value) and value > 0):
-            raise BundleError(f"{where}: {name} is {value}; it must be a finite number > 0")
+        problem = ROOT_SCALARS[name].problem(value)
+        if problem:
+            raise BundleError(f"{where}: {name} is {value}; it {problem}")
     for name in MODEL_NAMES:
         for key, array in states[name].items():
             _check_finite(where, f"{name}/{key}", array)
@@ -274,8 +275,10 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
 # Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a
 # later format version gets a default, so that bundles written before it still load.
 ROOT_SCALARS: dict[str, Allowed] = {
-    "intensity_scale": Allowed(0.0, above=True),
-    "probe_scale": Allowed(0.0, above=True, default=1.0),  # format 1: a photon-calibrated probe
+    # Plausible ranges: both are ~sqrt(mean counts per pattern) (/ (N/2) for intensity_scale), so
+    # 1e-6 ... 1e9 spans amplitudes in any sane unit; 1e-30 would blow the input up by 1e15.
+    "intensity_scale": Allowed(1e-6, 1e9),
+    "probe_scale": Allowed(1e-6, 1e9, default=1.0),  # format 1: a photon-calibrated probe
     "format_version": Allowed(1, FORMAT_VERSION),
 }
 # What else the root of wts.h5 may hold; anything unknown is refused rather than ignored (an
