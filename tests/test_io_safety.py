@@ -116,3 +116,12 @@ def test_devices_fifos_and_links_to_them_are_named_not_read(tmp_path):
     auto = PrepareConfig(source=Source.AUTO, train_file=str(tmp_path / "pipe.cxi"), N=16)
     with pytest.raises(DataError, match="a FIFO"):
         load_scan(tmp_path / "pipe.cxi", auto)
+
+
+def test_non_square_tike_patterns_are_a_data_error(tmp_path):
+    # (M, N, N - 2) reached the zero-frequency check and ended in an IndexError
+    data = np.ones((12, 16, 14), np.float32)
+    path = tmp_path / "scan.npz"
+    np.savez(path, data=data, scan=np.zeros((12, 2)), probe=np.ones((1, 16, 16), np.complex64))
+    with pytest.raises(DataError, match=r"key 'data': patterns are 16 x 14; expected square"):
+        load_scan(path, PrepareConfig(source=Source.TIKE, train_file=str(path), N=16))

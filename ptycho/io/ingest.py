@@ -89,6 +89,8 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
         raise _error(source, key, f"dtype {patterns.dtype} cannot hold diffraction data; expected real numbers")
     if patterns.ndim != 3 or 0 in patterns.shape:
         raise _error(source, key, f"expected patterns of shape (M, N, N), found {patterns.shape}")
+    if patterns.shape[1] != patterns.shape[2]:  # refused below too, but the zero-frequency check comes first
+        raise _error(source, key, f"patterns are {patterns.shape[1]} x {patterns.shape[2]}; expected square (M, N, N) patterns")
     if raw.xcoords.shape != (patterns.shape[0],) or raw.ycoords.shape != (patterns.shape[0],):
         raise _error(source, "xcoords", f"{raw.xcoords.shape[0]} positions for {patterns.shape[0]} patterns")
 
