@@ -136,6 +136,25 @@ def _benchmark(args: argparse.Namespace) -> None:
         raise SystemExit(status)
 
 
+def _output(parser: argparse.ArgumentParser, flag: str, pipeline_path: str, help: str) -> None:
+    """An output option. Not given: the pipeline's path when no output of the command is given,
+    else the same file name beside the first output that is (``_derive_outputs``), so a run
+    with its own outputs never writes into the pipeline's folders."""
+    parser.add_argument(flag, default=None, help=f"{help} (default: {pipeline_path}, or beside the first output given)")
+    dest = flag.lstrip("-").replace("-", "_")
+    parser.set_defaults(outputs={**(parser.get_default("outputs") or {}), dest: pipeline_path})
+
+
+def _derive_outputs(args: argparse.Namespace) -> None:
+    """Fill the outputs not given (``_output``), in place."""
+    outputs: dict[str, str] = getattr(args, "outputs", None) or {}
+    given = [dest for dest in outputs if getattr(args, dest) is not None]
+    for dest, pipeline_path in outputs.items():
+        if getattr(args, dest) is None:
+            folder = Path(getattr(args, given[0])).parent if given else Path(pipeline_path).parent
+            setattr(args, dest, str(folder / Path(pipeline_path).name))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptycho", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ptycho {__version__}")
@@ -143,20 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="simulate or ingest a scan; write train/test NPZ and a preview")
     prepare.add_argument("--params", default="params.yaml", help="parameter file (section prepare)")
-    prepare.add_argument("--train", default="data/prepared/train.npz", help="training NPZ to write")
-    prepare.add_argument("--test", default="data/prepared/test.npz", help="test NPZ to write")
-    prepare.add_argument("--preview", default="data/prepared/preview.png", help="preview PNG to write")
+    _output(prepare, "--train", "data/prepared/train.npz", "training NPZ to write")
+    _output(prepare, "--test", "data/prepared/test.npz", "test NPZ to write")
+    _output(prepare, "--preview", "data/prepared/preview.png", "preview PNG to write")
     prepare.add_argument("--inputs", default="", help="folder every input file must lie in (the pipeline passes data/raw, its tracked dependency)")
     prepare.set_defaults(run=_prepare)
 
     train = commands.add_parser("train", help="train the network on the training NPZ; write the bundle wts.h5.zip")
     train.add_argument("--params", default="params.yaml", help="parameter file (sections model, train)")
     train.add_argument("--train-data", default="data/prepared/train.npz", help="training NPZ")
-    train.add_argument("--bundle", default="models/wts.h5.zip", help="model bundle to write")
-    train.add_argument("--history", default="models/history.csv", help="per-epoch losses (CSV)")
-    train.add_argument("--history-figure", default="models/history.png", help="loss curves and learning rate (PNG)")
-    train.add_argument("--metrics", default="models/train_metrics.json", help="final losses (JSON)")
-    train.add_argument("--checkpoints", default="models/checkpoints", help="Lightning checkpoints (for --resume)")
+    _output(train, "--bundle", "models/wts.h5.zip", "model bundle to write")
+    _output(train, "--history", "models/history.csv", "per-epoch losses (CSV)")
+    _output(train, "--history-figure", "models/history.png", "loss curves and learning rate (PNG)")
+    _output(train, "--metrics", "models/train_metrics.json", "final losses (JSON)")
+    _output(train, "--checkpoints", "models/checkpoints", "Lightning checkpoints (for --resume)")
     train.add_argument(
         "--resume", action="store_true",
         help="continue a killed run (or one that ran out of train.max_wall_s) from CHECKPOINTS/last.ckpt, written after "
@@ -168,9 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--params", default="params.yaml", help="parameter file (section infer)")
     infer.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
     infer.add_argument("--bundle", default="models/wts.h5.zip", help="model bundle")
-    infer.add_argument("--reconstruction", default="results/reconstruction.npz", help="reconstruction to write")
-    infer.add_argument("--figure", default="results/reconstruction.png", help="amplitude/phase PNG to write")
-    infer.add_argument("--stats", default="results/infer_stats.json", help="inference timing (JSON)")
+    _output(infer, "--reconstruction", "results/reconstruction.npz", "reconstruction to write")
+    _output(infer, "--figure", "results/reconstruction.png", "amplitude/phase PNG to write")
+    _output(infer, "--stats", "results/infer_stats.json", "inference timing (JSON)")
     infer.add_argument("--product", default="", help="also write the reconstruction as a ptychodus product.h5 (optional)")
     infer.set_defaults(run=_infer)
 
@@ -183,19 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refined-stats", default="", help="timings of network + refinement (JSON)")
     evaluate.add_argument("--baseline", default="", help="iterative reconstruction to score beside the network's (optional)")
     evaluate.add_argument("--baseline-stats", default="", help="timings of the iterative run (JSON)")
-    evaluate.add_argument("--metrics", default="results/metrics.json", help="metrics to write (all methods, with the alignment)")
+    _output(evaluate, "--metrics", "results/metrics.json", "metrics to write (all methods, with the alignment)")
     evaluate.add_argument("--scores", default="", help="folder for one <method>.json of scores per method (the pipeline's DVC metrics; optional)")
-    evaluate.add_argument("--frc", default="results/frc.csv", help="FRC curve to write")
-    evaluate.add_argument("--figure", default="results/comparison.png", help="truth/reconstruction/difference PNG")
+    _output(evaluate, "--frc", "results/frc.csv", "FRC curve to write")
+    _output(evaluate, "--figure", "results/comparison.png", "truth/reconstruction/difference PNG")
     evaluate.set_defaults(run=_evaluate)
 
     baseline = commands.add_parser("baseline", help="iterative reference reconstruction (ePIE/rPIE) of the test scan")
     baseline.add_argument("--params", default="params.yaml", help="parameter file (section baseline)")
     baseline.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
-    baseline.add_argument("--reconstruction", default="results/baseline.npz", help="reconstruction to write")
-    baseline.add_argument("--history", default="results/baseline_history.csv", help="error metric per iteration (CSV)")
-    baseline.add_argument("--stats", default="results/baseline_stats.json", help="timing (JSON)")
-    baseline.add_argument("--figure", default="results/baseline.png", help="amplitude/phase PNG to write")
+    _output(baseline, "--reconstruction", "results/baseline.npz", "reconstruction to write")
+    _output(baseline, "--history", "results/baseline_history.csv", "error metric per iteration (CSV)")
+    _output(baseline, "--stats", "results/baseline_stats.json", "timing (JSON)")
+    _output(baseline, "--figure", "results/baseline.png", "amplitude/phase PNG to write")
     baseline.add_argument("--product", default="", help="also write the reconstruction as a ptychodus product.h5 (optional)")
     baseline.set_defaults(run=_baseline)
 
@@ -204,10 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
     refine.add_argument("--reconstruction", default="results/reconstruction.npz", help="the network's reconstruction to start from")
     refine.add_argument("--infer-stats", default="results/infer_stats.json", help="the network's timing (JSON), added to the refinement's")
-    refine.add_argument("--refined", default="results/refined.npz", help="refined reconstruction to write")
-    refine.add_argument("--history", default="results/refine_history.csv", help="error metric per sweep (CSV)")
-    refine.add_argument("--stats", default="results/refine_stats.json", help="timing, network included (JSON)")
-    refine.add_argument("--figure", default="results/refined.png", help="amplitude/phase PNG to write")
+    _output(refine, "--refined", "results/refined.npz", "refined reconstruction to write")
+    _output(refine, "--history", "results/refine_history.csv", "error metric per sweep (CSV)")
+    _output(refine, "--stats", "results/refine_stats.json", "timing, network included (JSON)")
+    _output(refine, "--figure", "results/refined.png", "amplitude/phase PNG to write")
     refine.set_defaults(run=_refine)
 
     check = commands.add_parser("check", help="verify the pipeline's artifacts and metric thresholds (for CI)")
@@ -232,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; a ptycho error becomes a one-line message and exit status 1."""
     args = build_parser().parse_args(argv)
+    _derive_outputs(args)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.run(args)

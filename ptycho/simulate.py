@@ -147,17 +147,26 @@ def make_scan(
 def noise_free_amplitudes(
     obj: np.ndarray, probe: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray
 ) -> np.ndarray:
-    """|F(P * O_patch)| at every position: (M, N, N) float32, the forward model of DESIGN.md §2."""
+    """|F(P * O_patch)| at every position: (M, N, N) float64, the forward model of DESIGN.md §2.
+
+    Computed in float64 with numpy's FFT (pocketfft), not torch's float32 FFT: MKL picks its
+    code path by CPU, and a last-bit difference in a rate flips a few Poisson draws, so the
+    simulated data (and every stage after them) would differ from one machine to the next.
+    The patches come from ``physics.extract_patches`` (the convention the network trains with),
+    in complex128; the FFT is ``physics.far_field``'s, written with numpy.
+    """
     with torch.no_grad():
         patches = physics.extract_patches(
-            torch.from_numpy(obj), torch.from_numpy(xcoords), torch.from_numpy(ycoords), probe.shape[0]
-        )
-        return physics.forward_amplitude(patches, torch.from_numpy(probe)).numpy().astype(np.float32)
+            torch.from_numpy(obj.astype(np.complex128)), torch.from_numpy(xcoords.astype(np.float64)),
+            torch.from_numpy(ycoords.astype(np.float64)), probe.shape[0],
+        ).numpy()
+    exit_waves = patches * probe.astype(np.complex128)
+    return np.abs(np.fft.fftshift(np.fft.fft2(exit_waves, norm="ortho"), axes=(-2, -1)))
 
 
 def photon_scale(amplitudes: np.ndarray, nphotons: float) -> float:
     """Factor s such that the mean total count per pattern of (s * A)**2 equals nphotons."""
-    return float(np.sqrt(nphotons / np.mean(np.sum(amplitudes.astype(np.float64) ** 2, axis=(1, 2)))))
+    return float(np.sqrt(nphotons / np.mean(np.sum(np.square(amplitudes, dtype=np.float64), axis=(1, 2)))))
 
 
 def simulate_scan(
@@ -175,7 +184,7 @@ def simulate_scan(
     counts are exactly |F(P * O_patch)|**2 and the stored probe explains the data with no
     further factor.
     """
-    expected = noise_free_amplitudes(obj, probe, xcoords, ycoords).astype(np.float64) ** 2
+    expected = noise_free_amplitudes(obj, probe, xcoords, ycoords) ** 2
     counts = rng.poisson(expected) if noise else expected
     return PtychoDataset(
         amplitudes=np.sqrt(counts).astype(np.float32),

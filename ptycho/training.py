@@ -451,6 +451,11 @@ def _trainer(config: TrainConfig, checkpoint_dir: Path, callbacks: list[Callback
             callbacks=callbacks,
             enable_model_summary=False,
         )
+    except ImportError as error:  # an accelerator whose package is not installed (tpu: torch_xla)
+        raise ConfigError(
+            f"train.accelerator: {config.accelerator!r} needs a package that is not installed ({error}); "
+            "install it, or set train.accelerator: cpu, gpu or auto"
+        ) from error
     except (MisconfigurationException, ValueError) as error:
         message = str(error)
         words = message.lower()

@@ -1,6 +1,6 @@
 """Worker of tests/fuzzing.run_mutants: load mutants one by one and print one JSON line each.
 
-    python fuzz_worker.py bundle|npz FOLDER START
+    python fuzz_worker.py bundle|npz|cxi|ptychodus FOLDER START
 
 Before each mutant it prints {"start": i}, after it {"index": i, "outcome": ..., "detail": ...},
 so the parent knows which mutant was being loaded when the worker crashed or hung.
@@ -64,6 +64,22 @@ def check_npz(path: Path) -> tuple[str, str]:
     return "loaded", ""
 
 
+def check_scan(path: Path) -> tuple[str, str]:
+    """A CXI file or a ptychodus scan folder read and converted as ``ptycho prepare`` does."""
+    from ptycho.config import PrepareConfig, Source
+    from ptycho.io import load_scan
+
+    source = Source.CXI if path.suffix == ".cxi" else Source.PTYCHODUS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        dataset, _ = load_scan(path, PrepareConfig(source=source, train_file=str(path), N=16))
+    if np.any(np.isclose(dataset.amplitudes, np.sqrt(float(MARKER)))) or np.any(np.isclose(dataset.amplitudes, float(MARKER))):
+        return "outside", "a loaded pattern holds the planted marker value"
+    if dataset.n_patterns < 1 or not np.all(np.isfinite(dataset.amplitudes)) or not np.all(np.isfinite(dataset.xcoords)):
+        return "bad-value", "a degenerate dataset was accepted"
+    return "loaded", ""
+
+
 def load_by_rows(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)  # a compressed file is read into memory, with a warning
@@ -83,7 +99,8 @@ def self_test(path: Path) -> None:
 
 def main() -> None:
     loader, folder, start = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    check, expected = (check_bundle, BundleError) if loader == "bundle" else (check_npz, DataError)
+    check, expected = {"bundle": (check_bundle, BundleError), "npz": (check_npz, DataError),
+                       "cxi": (check_scan, DataError), "ptychodus": (check_scan, DataError)}[loader]
     names = (folder / "index.txt").read_text().split()
     for index in range(start, len(names)):
         print(json.dumps({"start": index}), flush=True)

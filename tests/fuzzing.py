@@ -1,7 +1,8 @@
-"""Mutants of a valid bundle and of a valid NPZ, and a crash-proof runner for the loaders.
+"""Mutants of a valid bundle, NPZ, CXI and ptychodus scan, and a crash-proof runner for the loaders.
 
-Used by tests/test_fuzz.py. Every mutant is (kind, bytes); ``bundle_mutants`` and
-``npz_mutants`` make them from one valid file with a seeded generator. ``run_mutants`` writes
+Used by tests/test_fuzz.py. Every mutant is (kind, bytes) (a ptychodus mutant: (kind,
+{file name: bytes}), a scan folder); ``bundle_mutants``, ``npz_mutants``, ``cxi_mutants`` and
+``ptychodus_mutants`` make them from one valid file with a seeded generator. ``run_mutants`` writes
 them to a folder and loads them in a worker process (tests/fuzz_worker.py), restarting the
 worker after a crash or a hang, so a segfault or an endless loop is counted, not fatal.
 
@@ -699,11 +700,17 @@ def run_mutants(loader: str, mutants: list, folder: Path, timeout_s: float = 20.
     "crash" (the worker died), "hang" (no answer within ``timeout_s``), "outside" (a loaded
     value came from a planted file), "memory" (the worker's peak memory grew by > 1 GiB).
     """
-    suffix = ".zip" if loader == "bundle" else ".npz"
+    suffix = {"bundle": ".zip", "npz": ".npz", "cxi": ".cxi", "ptychodus": ""}[loader]
     paths = []
     for index, (_, data) in enumerate(mutants):
         path = folder / f"m{index:05d}{suffix}"
-        path.write_bytes(data() if callable(data) else data)
+        data = data() if callable(data) else data
+        if isinstance(data, dict):  # a scan folder of several files
+            path.mkdir()
+            for name, content in data.items():
+                (path / name).write_bytes(content)
+        else:
+            path.write_bytes(data)
         paths.append(path)
     (folder / "index.txt").write_text("\n".join(p.name for p in paths) + "\n")
     results: dict[int, dict] = {}
@@ -762,3 +769,320 @@ def format_summary(table: dict[str, Counter], results: list[dict] | None = None)
         lines.append(f"seconds per mutant: median {times[len(times) // 2]:.2f}, max {times[-1]:.2f}; "
                      f"{len(slow)} took > 5 s ({', '.join(sorted({r['kind'] for r in slow})) or 'none'})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# scan-file mutants: CXI and ptychodus (product.h5 + diffraction.h5)
+
+SCAN_SIZE = 16
+
+
+def _h5_bytes(write) -> bytes:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        write(h5)
+    return buffer.getvalue()
+
+
+def _scan_arrays(count: int = 12) -> dict[str, np.ndarray]:
+    """Counts with a centred bright zero frequency, positions inside a 48 px object, a probe."""
+    rng = np.random.default_rng(0)
+    patterns = rng.poisson(50.0, (count, SCAN_SIZE, SCAN_SIZE)).astype(np.uint32)
+    patterns[:, SCAN_SIZE // 2, SCAN_SIZE // 2] += 5000
+    rows, cols = np.mgrid[0:SCAN_SIZE, 0:SCAN_SIZE] - SCAN_SIZE / 2
+    probe = (30 * np.exp(-(rows**2 + cols**2) / 12.5)).astype(np.complex64)
+    return {"patterns": patterns, "x_px": rng.uniform(9, 38, count), "y_px": rng.uniform(9, 38, count), "probe": probe}
+
+
+CXI_ENERGY_J = 8000 * 1.602176634e-19
+CXI_PIXEL_M, CXI_DISTANCE_M = 75e-6, 2.0
+CXI_OBJECT_PIXEL_M = 1.98644586e-25 / CXI_ENERGY_J * CXI_DISTANCE_M / (SCAN_SIZE * CXI_PIXEL_M)
+DETECTOR = "entry_1/instrument_1/detector_1"
+SOURCE = "entry_1/instrument_1/source_1"
+TRANSLATION = "entry_1/sample_1/geometry_1/translation"
+
+
+def cxi_base() -> bytes:
+    """A small valid CXI scan (the layout tests/test_io_cxi.py writes)."""
+    arrays = _scan_arrays()
+
+    def write(h5):
+        h5["cxi_version"] = 160
+        detector = h5.create_group(DETECTOR)
+        detector["data"] = arrays["patterns"].astype(np.float32)
+        detector["distance"] = CXI_DISTANCE_M
+        detector["x_pixel_size"] = CXI_PIXEL_M
+        detector["y_pixel_size"] = CXI_PIXEL_M
+        detector["mask"] = np.zeros((SCAN_SIZE, SCAN_SIZE), np.uint32)
+        source = h5.create_group(SOURCE)
+        source["energy"] = CXI_ENERGY_J
+        source["illumination"] = arrays["probe"]
+        h5.create_group("entry_1/data_1")["data"] = h5py.SoftLink(f"/{DETECTOR}/data")
+        x, y = arrays["x_px"] * CXI_OBJECT_PIXEL_M, arrays["y_px"] * CXI_OBJECT_PIXEL_M
+        h5.create_group("entry_1/sample_1/geometry_1")["translation"] = np.stack([x, y, 0 * x], axis=1)
+    return _h5_bytes(write)
+
+
+def _replaced(h5, path, **kwargs):
+    if path in h5 or h5.get(path, getlink=True) is not None:
+        del h5[path]
+    h5.create_dataset(path, **kwargs)
+
+
+def _link_edits(folder: Path, data_path: str, numeric_paths: list[str]) -> list[tuple[str, object]]:
+    """Links, storage and declared sizes: the same mutants for any HDF5 scan file."""
+    marker_h5, marker_bin = str(folder / "marker.h5"), str(folder / "marker.bin")
+    edits: list[tuple[str, object]] = []
+
+    def external_link(path, target_file, target="/marker"):
+        def edit(h5):
+            del h5[path]
+            h5[path] = h5py.ExternalLink(target_file, target)
+        return edit
+
+    for path in [data_path, *numeric_paths[:2]]:
+        edits += [("h5-external-link", external_link(path, marker_h5)), ("h5-external-link", external_link(path, "marker.h5")),
+                  ("h5-external-link", external_link(path, "/dev/zero")), ("h5-external-link", external_link(path, "/proc/self/environ"))]
+
+    def external(path, target):
+        def edit(h5):
+            shape, dtype = h5[path].shape, h5[path].dtype
+            del h5[path]
+            h5.create_dataset(path, shape=shape, dtype=dtype, external=[(target, 0, h5py.h5f.UNLIMITED)])
+        return edit
+
+    for target in (marker_bin, "marker.bin", "/etc/hostname", "/dev/zero"):
+        edits.append(("h5-external-storage", external(data_path, target)))
+
+    def virtual(path, target):
+        def edit(h5):
+            shape, dtype = h5[path].shape, h5[path].dtype
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[...] = h5py.VirtualSource(target, "marker", shape=shape)
+            del h5[path]
+            h5.create_virtual_dataset(path, layout, fillvalue=0)
+        return edit
+
+    edits += [("h5-virtual-dataset", virtual(data_path, marker_h5)), ("h5-virtual-dataset", virtual(data_path, "marker.h5"))]
+
+    def soft(path, target):
+        def edit(h5):
+            del h5[path]
+            h5[path] = h5py.SoftLink(target)
+        return edit
+
+    edits += [("h5-soft-link-loop", soft(data_path, "/" + data_path)), ("h5-soft-link-loop", soft(numeric_paths[0], "/" + numeric_paths[0])),
+              ("h5-soft-link-dangling", soft(numeric_paths[0], "/nowhere/at/all"))]
+
+    def two_cycle(h5):
+        del h5[numeric_paths[0]]
+        h5[numeric_paths[0]] = h5py.SoftLink("/cycle_b")
+        h5["cycle_b"] = h5py.SoftLink("/" + numeric_paths[0])
+    edits.append(("h5-soft-link-loop", two_cycle))
+
+    def group_loop(h5):
+        parent = data_path.rsplit("/", 1)[0] if "/" in data_path else "/"
+        h5[parent]["loop"] = h5[parent]
+    edits.append(("h5-hard-link", group_loop))
+
+    for shape, chunks in [((100000, 100000, 16), (1, 64, 16)), ((12, 2**20, 2**20), (1, 16, 16)), ((20000, 20000), None),
+                          ((1 << 31,), None)]:
+        def huge(h5, shape=shape, chunks=chunks):
+            _replaced(h5, data_path, shape=shape, dtype=np.float32, chunks=chunks)  # never written
+        edits.append(("h5-huge-declared-shape", huge))
+
+    def bomb(h5):
+        _replaced(h5, data_path, shape=(2000, 1024, 1024), dtype=np.float32, chunks=(1, 1024, 1024), compression="gzip",
+                  fillvalue=MARKER)
+        h5[data_path][0] = np.ones((1024, 1024), np.float32)  # one chunk written: the rest is fill value
+    edits.append(("h5-huge-declared-shape", bomb))
+    return edits
+
+
+def _value_edits(path: str, values) -> list[object]:
+    def make(value):
+        def edit(h5):
+            _replaced(h5, path, data=value)
+        return edit
+    return [make(value) for value in values]
+
+
+def _cxi_edits(folder: Path) -> list[tuple[str, object]]:
+    data_path = f"{DETECTOR}/data"
+    edits = _link_edits(folder, data_path, [f"{SOURCE}/energy", TRANSLATION])
+    patterns = _scan_arrays()["patterns"].astype(np.float32)
+    count = len(patterns)
+    for path, values in [
+        (f"{SOURCE}/energy", [0.0, -1.0, 1e-300, 1e300, np.nan, np.inf, 8000.0, np.array([1e-15, 2e-15]), np.bytes_(b"8 keV"),
+                              np.int64(1), np.complex128(1e-15)]),
+        (f"{DETECTOR}/distance", [0.0, -2.0, 1e300, 1e-300, np.nan, np.bytes_(b"2 m"), np.zeros(0)]),
+        (f"{DETECTOR}/x_pixel_size", [0.0, 1e300, 1e-300, -75e-6, np.inf, np.bytes_(b"75 um")]),
+    ]:
+        edits += [("cxi-value", edit) for edit in _value_edits(path, values)]
+
+    def wavelength_only(value):
+        def edit(h5):
+            del h5[f"{SOURCE}/energy"]
+            h5[f"{SOURCE}/wavelength"] = value
+        return edit
+    edits += [("cxi-value", wavelength_only(v)) for v in (1.5e-10, 0.0, 1e300, -1e-10)]
+
+    shapes = [patterns[:, :0, :0], patterns[:, :, :-2], patterns[:0], patterns[:, :, :, None], patterns[:, 0],
+              patterns[:, :15, :15], patterns.astype(np.complex64), patterns.astype(bool), -patterns,
+              np.where(patterns > 100, np.nan, patterns), patterns.astype(np.float16), patterns[:, ::-1, ::-1].copy(),
+              np.fft.ifftshift(patterns, axes=(-2, -1)), np.zeros_like(patterns), np.full_like(patterns, 3e38),
+              np.array([b"x"] * count)]
+    edits += [("cxi-data", edit) for edit in _value_edits(data_path, shapes)]
+    translation = np.zeros((count, 3))
+    edits += [("cxi-translation", edit) for edit in _value_edits(TRANSLATION, [
+        np.array([b"1e-6"] * count), translation[:, :1], np.zeros((count + 1, 3)), translation[:-1], np.zeros(count),
+        np.full((count, 3), np.nan), np.full((count, 3), 1e300), np.full((count, 3), 1.0), translation.astype(bool)])]
+    edits += [("cxi-mask", edit) for edit in _value_edits(f"{DETECTOR}/mask", [
+        np.array([b"ok"] * SCAN_SIZE), np.zeros((SCAN_SIZE, SCAN_SIZE - 2), np.uint32), np.ones((SCAN_SIZE, SCAN_SIZE), np.uint32),
+        np.full((SCAN_SIZE, SCAN_SIZE), np.nan), np.zeros((2, SCAN_SIZE, SCAN_SIZE), np.uint32), np.float64(1)])]
+    edits += [("cxi-probe", edit) for edit in _value_edits(f"{SOURCE}/illumination", [
+        np.zeros((SCAN_SIZE, SCAN_SIZE), np.complex64), np.full((SCAN_SIZE, SCAN_SIZE), np.nan, np.complex64),
+        np.ones((SCAN_SIZE, SCAN_SIZE - 2), np.complex64), np.ones((3, 2, SCAN_SIZE, SCAN_SIZE), np.complex64),
+        np.ones((0, SCAN_SIZE, SCAN_SIZE), np.complex64)])]
+
+    def removed(path):
+        def edit(h5):
+            del h5[path]
+        return edit
+    for path in (data_path, "entry_1/data_1/data", TRANSLATION, f"{SOURCE}/energy", f"{DETECTOR}/distance",
+                 f"{DETECTOR}/y_pixel_size", "entry_1"):
+        edits.append(("cxi-removed", removed(path)))
+    return edits
+
+
+def _ptychodus_pair() -> tuple[bytes, bytes]:
+    arrays = _scan_arrays()
+    count, pixel = len(arrays["patterns"]), 2e-8
+    obj = (np.ones((48, 48)) * np.exp(0.3j * np.random.default_rng(1).random((48, 48)))).astype(np.complex64)
+
+    def product(h5):
+        h5.attrs["name"] = "fuzz"
+        h5.attrs["detector_object_distance_m"] = 1.5
+        h5.attrs["photon_energy_eV"] = 10000.0
+        h5["probe_position_indexes"] = np.arange(count)
+        h5["probe_position_x_m"] = (arrays["x_px"] - 24) * pixel
+        h5["probe_position_y_m"] = (arrays["y_px"] - 24) * pixel
+        h5["probe"] = arrays["probe"][None, None]
+        h5["probe"].attrs["pixel_width_m"] = pixel
+        h5["probe"].attrs["pixel_height_m"] = pixel
+        h5["object"] = obj[None]
+        for key, value in (("center_x_m", 0.0), ("center_y_m", 0.0), ("pixel_width_m", pixel), ("pixel_height_m", pixel)):
+            h5["object"].attrs[key] = value
+
+    def diffraction(h5):
+        h5["patterns"] = arrays["patterns"]
+        h5["patterns"].attrs["detector_pixel_width_m"] = 75e-6
+        h5["patterns"].attrs["detector_pixel_height_m"] = 75e-6
+        h5["indexes"] = np.arange(count)
+        h5["bad_pixels"] = np.zeros((SCAN_SIZE, SCAN_SIZE), dtype=bool)
+    return _h5_bytes(product), _h5_bytes(diffraction)
+
+
+def _attribute_edits(path: str, key: str, values) -> list[object]:
+    def make(value):
+        def edit(h5):
+            if value is None:
+                del h5[path].attrs[key]
+            else:
+                h5[path].attrs[key] = value
+        return edit
+    return [make(value) for value in values]
+
+
+def _ptychodus_edits(folder: Path) -> tuple[list[tuple[str, object]], list[tuple[str, object]]]:
+    """(edits of product.h5, edits of diffraction.h5)."""
+    product = _link_edits(folder, "probe_position_x_m", ["probe_position_y_m", "probe_position_indexes"])
+    product = [(kind, edit) for kind, edit in product if "huge" not in kind] + [
+        (kind, edit) for kind, edit in _link_edits(folder, "object", ["probe", "probe_position_x_m"]) if "huge" in kind]
+    bad_numbers = [0.0, -1.0, 1e-300, 1e300, np.nan, np.inf, "10 keV", np.array([1.0, 2.0]), None, True, np.complex128(1)]
+    for path, key in (("/", "photon_energy_eV"), ("/", "detector_object_distance_m"), ("object", "pixel_width_m"),
+                      ("object", "center_x_m"), ("object", "pixel_height_m")):
+        product += [("ptychodus-value", edit) for edit in _attribute_edits(path, key, bad_numbers)]
+    count = len(_scan_arrays()["patterns"])
+    for path, values in [
+        ("probe_position_indexes", [np.arange(count) + 1000, np.array([b"0"] * count), np.zeros(count), np.arange(count - 1),
+                                    np.full(count, 2**62), np.full(count, np.nan), -np.arange(count)]),
+        ("probe_position_x_m", [np.full(count, np.nan), np.full(count, 1e300), np.zeros((count, 2)), np.array([b"x"] * count),
+                                np.zeros(count + 3)]),
+        ("probe", [np.zeros((1, 1, SCAN_SIZE, SCAN_SIZE), np.complex64), np.ones((1, 1, SCAN_SIZE, SCAN_SIZE - 2), np.complex64),
+                   np.ones((SCAN_SIZE, SCAN_SIZE)), np.ones((0, 1, SCAN_SIZE, SCAN_SIZE), np.complex64), np.array(b"probe"),
+                   np.full((1, 1, SCAN_SIZE, SCAN_SIZE), np.nan, np.complex64)]),
+        ("object", [np.ones((48, 48)), np.ones((0, 48, 48), np.complex64), np.ones((1, 1, 0), np.complex64),
+                    np.ones((3, 48, 48), np.complex64), np.array(b"object")]),
+    ]:
+        product += [("ptychodus-product", edit) for edit in _value_edits(path, values)]
+
+    diffraction = _link_edits(folder, "patterns", ["indexes", "bad_pixels"])
+    patterns = _scan_arrays()["patterns"]
+    diffraction += [("ptychodus-diffraction", edit) for edit in _value_edits("patterns", [
+        patterns[:, :0, :0], patterns[:, :, :-2], patterns[:0], patterns[:, 0], patterns.astype(np.complex64),
+        np.array([b"x"] * count), -patterns.astype(np.int64), patterns[:4]])]
+    diffraction += [("ptychodus-diffraction", edit) for edit in _value_edits("indexes", [
+        np.array([b"0"] * count), np.zeros(count, np.int64), np.arange(count) + 1000, np.full(count, np.nan)])]
+    diffraction += [("ptychodus-diffraction", edit) for edit in _value_edits("bad_pixels", [
+        np.ones((SCAN_SIZE, SCAN_SIZE), bool), np.zeros((SCAN_SIZE, SCAN_SIZE - 2), bool), np.array([b"bad"])])]
+    diffraction += [("ptychodus-value", edit) for edit in _attribute_edits("patterns", "detector_pixel_width_m", bad_numbers)]
+    return product, diffraction
+
+
+def _random_h5_mutants(add, kind_prefix: str, make, data: bytes, rng: np.random.Generator, n_random: int) -> None:
+    def draws(high: int, low: int, top: int):
+        count = int(rng.integers(1, 9))
+        return rng.integers(0, high, count), rng.integers(low, top, count)
+
+    for _ in range(n_random):
+        add(f"{kind_prefix}byte-flip", make, _flipped(data, *draws(len(data), 1, 256), True))
+        add(f"{kind_prefix}metadata-byte-flip", make, _flipped(data, *draws(min(4096, len(data)), 0, 256), False))
+        add(f"{kind_prefix}truncated", make, data[: int(rng.integers(0, len(data)))])
+
+
+def _identity(data):
+    return data
+
+
+def _edited(data: bytes, edit) -> bytes:
+    return _h5_edit(data, edit)
+
+
+def cxi_mutants(folder: Path, rng: np.random.Generator, n_random: int) -> list[Mutant]:
+    """Structural CXI mutants (all) plus ``n_random`` byte flips, metadata edits and truncations each."""
+    base = cxi_base()
+    mutants: list[Mutant] = [("cxi-valid", functools.partial(_identity, base))]
+    for kind, edit in _cxi_edits(folder):
+        mutants.append((kind, functools.partial(_edited, base, edit)))
+    _random_h5_mutants(lambda kind, make, data: mutants.append((kind, functools.partial(make, data))), "h5-", _identity,
+                       base, rng, n_random)
+    return mutants
+
+
+def _pair(product: bytes, diffraction: bytes, which: str = "", edit=None) -> dict[str, bytes]:
+    if which == "product.h5":
+        product = edit(product)
+    elif which == "diffraction.h5":
+        diffraction = edit(diffraction)
+    return {"product.h5": product, "diffraction.h5": diffraction}
+
+
+def ptychodus_mutants(folder: Path, rng: np.random.Generator, n_random: int) -> list[Mutant]:
+    """Mutants of a ptychodus scan folder: each a {file name: bytes} pair, one of the two files edited."""
+    product, diffraction = _ptychodus_pair()
+    product_edits, diffraction_edits = _ptychodus_edits(folder)
+    mutants: list[Mutant] = [("ptychodus-valid", functools.partial(_pair, product, diffraction))]
+    for which, edits in (("product.h5", product_edits), ("diffraction.h5", diffraction_edits)):
+        for kind, edit in edits:
+            mutants.append((kind, functools.partial(_pair, product, diffraction, which, functools.partial(_h5_edit, edit=edit))))
+    for which, data in (("product.h5", product), ("diffraction.h5", diffraction)):
+        def add(kind, make, mutated, which=which):
+            mutants.append((kind, functools.partial(_pair, product, diffraction, which, functools.partial(_identity_of, mutated))))
+        _random_h5_mutants(add, "h5-", _identity, data, rng, n_random // 2 + 1)
+    return mutants
+
+
+def _identity_of(mutated: bytes, original: bytes) -> bytes:
+    del original
+    return mutated

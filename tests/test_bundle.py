@@ -542,10 +542,21 @@ def test_non_finite_weights_are_refused(tmp_path, key, value, words):
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    (0.0, "must be in (0, inf]"), (-1.0, "must be in (0"), (np.nan, "finite"), ("3.25", "must be a real number"),
+    (0.0, "must be in [1e-06, 1e+09]"), (-1.0, "must be in [1e-06"), (1e-30, "must be in [1e-06"), (1e12, "1e+09]"),
+    (np.nan, "finite"), ("3.25", "must be a real number"),
 ])
-def test_intensity_scale_must_be_a_positive_finite_number(tmp_path, value, words):
-    expect_error(with_weights(tmp_path, lambda h5: h5.attrs.__setitem__("intensity_scale", value)), "intensity_scale", words)
+@pytest.mark.parametrize("name", ["intensity_scale", "probe_scale"])
+def test_the_scales_must_lie_in_a_plausible_range(tmp_path, name, value, words):
+    # intensity_scale = 1e-30 was loaded, and infer wrote amplitudes up to 2,981 without a word
+    expect_error(with_weights(tmp_path, lambda h5: h5.attrs.__setitem__(name, value)), name, words)
+
+
+def test_a_bundle_with_an_implausible_scale_is_not_written(tmp_path):
+    autoencoder, diffraction_to_obj = make_models()
+    diffraction_to_obj.intensity_scale.fill_(1e-30)
+    with pytest.raises(BundleError, match=r"intensity_scale is 1\.0*3?\d*e-30; it must be in \[1e-06"):
+        save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, architecture())
+    assert not (tmp_path / "wts.h5.zip").exists()
 
 
 def test_all_zero_probe_is_refused(tmp_path):
@@ -758,3 +769,18 @@ def test_every_architecture_round_trips_with_a_wide_window(tmp_path, gridsize):
         outside = torch.ones(N, N, dtype=torch.bool)
         outside[4:28, 4:28] = False  # the 24 px window is centred: rows and columns 4 ... 27
         assert torch.all(expected[..., outside] == 0)
+
+
+@pytest.mark.parametrize("name", ["architecture", "package_version"])
+def test_fixed_length_byte_string_attributes_are_read(tmp_path, name):
+    # h5py decodes them with the ascii codec, imported lazily: the HDF5 child's file limit
+    # blocked that import ("Too many open files: .../encodings/ascii.py") until the child
+    # imported it before lowering the limit.
+    def as_fixed_bytes(h5):
+        value = h5.attrs[name]
+        text = value if isinstance(value, str) else value.decode()
+        del h5.attrs[name]
+        h5.attrs.create(name, np.bytes_(text.encode()))
+
+    loaded = load_bundle(with_weights(tmp_path, as_fixed_bytes))
+    assert loaded.architecture == architecture()

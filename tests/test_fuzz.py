@@ -1,4 +1,4 @@
-"""Fuzzing the loaders of untrusted files: load_bundle and load_dataset.
+"""Fuzzing the loaders of untrusted files: load_bundle, load_dataset and the CXI and ptychodus readers.
 
 Every mutant is loaded in a worker process (tests/fuzzing.py), so a crash or a hang is counted
 instead of ending the test run. A loader may load a mutant (many byte edits are harmless) or
@@ -9,7 +9,8 @@ grown by more than 1 GiB ("memory").
 
 The default run takes one seeded mutant of each kind (seconds); the full run (marked slow:
 ``python -m pytest -m slow tests/test_fuzz.py -s``) takes more than 1,000 bundle and 300 NPZ
-mutants and prints the counts by kind.
+mutants, and more than 300 CXI and 300 ptychodus mutants (read by ``ptycho.io.load_scan``, as
+``ptycho prepare`` does), and prints the counts by kind.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MUST_REFUSE = {
     "zip-member-renamed", "zip-member-duplicated", "zip-truncated", "manifest-text",
     "npz-degenerate", "npz-nonfinite-or-negative", "npy-header-shape", "npz-zip-method", "npz-truncated",
     "npz-member-duplicated", "npz-declared-size", "npz-stored-data-flip", "npz-stored-truncated",
+    "h5-soft-link-loop", "h5-soft-link-dangling",
 }
 
 
@@ -107,5 +109,30 @@ def test_all_bundle_mutants(tmp_path):
 @pytest.mark.slow
 def test_all_npz_mutants(tmp_path):
     results = run_npz(tmp_path, n_random=100, sample_seed=None)
+    assert len(results) >= 300
+    check(results)
+
+
+def run_scans(tmp_path, loader: str, n_random: int, sample_seed: int | None) -> list[dict]:
+    fuzzing.plant_markers(tmp_path)
+    make = fuzzing.cxi_mutants if loader == "cxi" else fuzzing.ptychodus_mutants
+    mutants = make(tmp_path, np.random.default_rng(3), n_random)
+    if sample_seed is not None:
+        mutants = one_of_each_kind(mutants, sample_seed)
+    return fuzzing.run_mutants(loader, mutants, tmp_path)
+
+
+@pytest.mark.parametrize("loader", ["cxi", "ptychodus"])
+def test_a_sample_of_scan_file_mutants(tmp_path, loader):
+    results = run_scans(tmp_path, loader, n_random=1, sample_seed=0)
+    assert len(results) >= 14
+    assert results[[r["kind"] for r in results].index(f"{loader}-valid")]["outcome"] == "loaded"
+    check(results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["cxi", "ptychodus"])
+def test_all_scan_file_mutants(tmp_path, loader):
+    results = run_scans(tmp_path, loader, n_random=70 if loader == "cxi" else 50, sample_seed=None)
     assert len(results) >= 300
     check(results)

@@ -188,3 +188,19 @@ def test_an_input_outside_data_raw_is_refused(tmp_path):
     result = dvc(tmp_path, "repro", "prepare")
     assert result.returncode != 0
     assert "prepare.train_file: 'scan.npz' is outside data/raw/" in result.stdout + result.stderr
+
+
+def test_each_plot_is_declared_once_and_plot_output_is_git_ignored():
+    # A file in a stage's plots: and again in the top-level plots: is drawn twice by `dvc plots show`.
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    top_level = {next(iter(entry)) if isinstance(entry, dict) else entry for entry in pipeline["plots"]}
+    in_stages = {next(iter(entry)) if isinstance(entry, dict) else entry
+                 for stage in pipeline["stages"].values() for entry in stage.get("plots", [])}
+    assert not top_level & in_stages
+    outs = {next(iter(entry)) if isinstance(entry, dict) else entry for stage in pipeline["stages"].values() for entry in stage.get("outs", [])}
+    assert top_level <= outs | in_stages  # every plotted file is some stage's output
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    leftovers = ["dvc_plots/index.html", "models/.wts.h5.zip.0123abcd.tmp", "results/.metrics.json.0123abcd.tmp"]
+    ignored = subprocess.run(["git", "check-ignore", *leftovers], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert ignored == leftovers

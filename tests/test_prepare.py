@@ -1,12 +1,15 @@
 """The prepare workflow: simulation and NPZ ingestion write train/test files, bad input writes nothing."""
 
 import dataclasses
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ptycho import workflows
-from ptycho.config import PrepareConfig, Source
+from ptycho.config import PrepareConfig, Source, load_section, section_from_mapping
 from ptycho.data import load_dataset, save_dataset
 from ptycho.errors import DataError
 from ptycho.simulate import simulate_train_test
@@ -69,3 +72,20 @@ def test_prepared_files_are_byte_deterministic(tmp_path):
     workflows.prepare(SMALL, *outputs(second))
     for name in ("train.npz", "test.npz", "preview.png"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_the_default_prepared_files_have_the_md5_that_dvc_lock_records(tmp_path):
+    # The simulation's bytes must not depend on the CPU (MKL's code path, the instruction set):
+    # another machine's `dvc repro` must find the committed lock up to date. This test catches
+    # a CPU (or a code change) that makes other bytes; CI can emulate one with
+    # MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2.
+    root = Path(__file__).resolve().parents[1]
+    stage = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["prepare"]
+    config = load_section(root / "params.yaml", "prepare")
+    locked = section_from_mapping(PrepareConfig, "prepare", stage["params"]["params.yaml"]["prepare"])
+    assert locked == config, "params.yaml's prepare section differs from dvc.lock's: run `dvc repro prepare`"
+    recorded = {Path(out["path"]).name: out["md5"] for out in stage["outs"] if out["path"].endswith(".npz")}
+    train_path, test_path, preview = outputs(tmp_path)
+    workflows.prepare(config, train_path, test_path, preview)
+    made = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in (train_path, test_path)}
+    assert made == recorded

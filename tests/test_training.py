@@ -1,6 +1,7 @@
 """Training: the loss falls, the workflow always writes the bundle, runs are byte-reproducible."""
 
 import dataclasses
+import importlib.util
 
 import numpy as np
 import pytest
@@ -358,6 +359,15 @@ def test_lightning_refusing_a_device_setting_is_a_config_error_naming_the_key(ti
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match=r"^train.accelerator: Lightning cannot run with accelerator='gpu'"):
         run_train(tiny_data, tmp_path, dataclasses.replace(TINY_TRAIN, accelerator="gpu"))
+
+
+def test_an_accelerator_whose_package_is_missing_is_a_config_error(tiny_data, tmp_path):
+    # tpu needs torch_xla (not installed with the CPU build of torch): a traceback before
+    if importlib.util.find_spec("torch_xla") is not None:
+        pytest.skip("torch_xla is installed")
+    with pytest.raises(ConfigError, match=r"^train.accelerator: 'tpu' needs a package that is not installed \(.*torch_xla"):
+        run_train(tiny_data, tmp_path, dataclasses.replace(TINY_TRAIN, accelerator="tpu"))
+    assert not (tmp_path / "wts.h5.zip").exists()
 
 
 def test_masked_detector_pixels_are_left_out_of_the_training_losses(tmp_path):

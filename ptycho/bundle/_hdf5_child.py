@@ -19,6 +19,8 @@ exception, a signal) is a failure the parent reports. Only the standard library,
 h5py are imported: the script runs isolated (``-I``), without ptycho on ``sys.path``.
 """
 
+import encodings.ascii  # noqa: F401 - h5py decodes fixed-length strings with it, lazily, after the file limit
+import encodings.latin_1  # noqa: F401 - below: importing a module opens a file, which the limit forbids
 import io
 import json
 import resource

@@ -87,8 +87,10 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
 # Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a
 # later format version gets a default, so that bundles written before it still load.
 ROOT_SCALARS: dict[str, Allowed] = {
-    "intensity_scale": Allowed(0.0, above=True),
-    "probe_scale": Allowed(0.0, above=True, default=1.0),  # format 1: a photon-calibrated probe
+    # Plausible ranges: both are ~sqrt(mean counts per pattern) (/ (N/2) for intensity_scale), so
+    # 1e-6 ... 1e9 spans amplitudes in any sane unit; 1e-30 would blow the input up by 1e15.
+    "intensity_scale": Allowed(1e-6, 1e9),
+    "probe_scale": Allowed(1e-6, 1e9, default=1.0),  # format 1: a photon-calibrated probe
     "format_version": Allowed(1, FORMAT_VERSION),
 }
 # What else the root of wts.h5 may hold; anything unknown is refused rather than ignored (an

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch import nn
 from ptycho import __version__
 from ptycho.archive import is_plain_name, parse_json
 from ptycho.bundle.schema import (
-    BACKEND, FORMAT, FORMAT_VERSION, MANIFEST, MAX_EXTRA_BYTES, MODEL_NAMES, PICKLED_SUFFIXES, WEIGHTS,
+    BACKEND, FORMAT, FORMAT_VERSION, MANIFEST, MAX_EXTRA_BYTES, MODEL_NAMES, PICKLED_SUFFIXES, ROOT_SCALARS, WEIGHTS,
     check_finite, check_shared, expected_layout, layout_of, parse_architecture, state_problems,
 )
 from ptycho.errors import BundleError
@@ -58,8 +57,9 @@ def save_bundle(
     parse_architecture(where, json.dumps(architecture.to_dict()))
     expected_layout(where, architecture)
     for name, value in (("intensity_scale", intensity_scale), ("probe_scale", probe_scale)):
-        if not (math.isfinite(value) and value > 0):
-            raise BundleError(f"{where}: {name} is {value}; it must be a finite number > 0")
+        problem = ROOT_SCALARS[name].problem(value)
+        if problem:
+            raise BundleError(f"{where}: {name} is {value}; it {problem}")
     for name in MODEL_NAMES:
         for key, array in states[name].items():
             check_finite(where, f"{name}/{key}", array)

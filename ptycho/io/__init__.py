@@ -43,17 +43,16 @@ def detect(path: str | Path) -> tuple[Source, str]:
     """(family, reason) of the scan at `path`, from its content (not its name)."""
     import h5py
 
-    from ptycho.io import ptychodus
+    from ptycho.io import hdf5, ptychodus, safety
 
     path = Path(path)
     if path.is_dir():
         if any((path / name).is_file() for name in ptychodus.PRODUCT_NAMES):
             return Source.PTYCHODUS, "a folder with a ptychodus product file"
         raise DataError(f"{path}: a folder, but without {' or '.join(ptychodus.PRODUCT_NAMES)}; set prepare.source")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    safety.regular_file(path)
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as h5:
+        with hdf5.open_hdf5(path) as h5:
             if "entry_1" in h5:
                 return Source.CXI, "an HDF5 file with /entry_1 (CXI)"
             if "probe_position_x_m" in h5:
@@ -78,6 +77,10 @@ def read_scan(path: str | Path, config: PrepareConfig) -> RawScan:
     source, reason = (config.source, "prepare.source") if config.source is not Source.AUTO else detect(path)
     if source not in READERS:
         raise DataError(f"{path}: prepare.source '{source.value}' has no file reader")
+    from ptycho.io import safety
+
+    if not Path(path).is_dir():
+        safety.regular_file(path)  # a device or a FIFO is named as such, not "not found" (nor read for ever)
     raw = importlib.import_module(READERS[source]).read(Path(path), config)
     return replace(raw, metadata={**raw.metadata, "source_detected": f"{source.value} ({reason})", "source_file": str(path)})
 

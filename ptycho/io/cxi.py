@@ -28,7 +28,7 @@ import numpy as np
 
 from ptycho.config import CxiTranslation, PrepareConfig
 from ptycho.errors import DataError
-from ptycho.io import hdf5, units
+from ptycho.io import hdf5, safety, units
 from ptycho.io.raw import Finding, RawScan
 
 DATA_PATHS = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
@@ -53,7 +53,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     findings: list[Finding] = []
     with hdf5.open_hdf5(path) as h5:
         data_path, patterns = _first(h5, DATA_PATHS, source, "the diffraction patterns")
-        if patterns.ndim != 3:
+        if patterns.ndim != 3 or 0 in patterns.shape:
             raise DataError(f"{source}: key '{data_path}': expected (M, N, N) patterns, found shape {patterns.shape}")
         translation_path, translation = _first(h5, TRANSLATION_PATHS, source, "the scan positions")
         translation = np.asarray(translation, dtype=np.float64)
@@ -62,6 +62,8 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
                 f"{source}: key '{translation_path}': expected ({patterns.shape[0]}, 3) positions in metres for "
                 f"{patterns.shape[0]} patterns, found shape {translation.shape}"
             )
+        if translation.size and np.all(np.isfinite(translation)):  # non-finite values are reported by the dataset check
+            safety.plausible(float(np.max(np.abs(translation[:, :2]))), source, translation_path, "position_m")
         energy = hdf5.optional(h5, f"{SOURCE}/energy")
         wavelength_value = hdf5.optional(h5, f"{SOURCE}/wavelength")
         if energy is not None:
@@ -71,15 +73,16 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
                     f"{source}: key '{SOURCE}/energy': {energy_j:g} is far too large for joules (CXI's unit; "
                     f"{energy_j:g} eV would be {energy_j * units.ELECTRON_VOLT_J:.4g} J); fix the file's energy"
                 )
-            wavelength = units.wavelength_from_energy_j(energy_j)
+            wavelength = units.wavelength_from_energy_j(safety.plausible(energy_j, source, f"{SOURCE}/energy", "photon_energy_J"))
         elif wavelength_value is not None:
-            wavelength = hdf5.scalar(wavelength_value, source, f"{SOURCE}/wavelength")
+            wavelength = safety.plausible(hdf5.scalar(wavelength_value, source, f"{SOURCE}/wavelength"), source, f"{SOURCE}/wavelength", "wavelength_m")
         else:
             raise DataError(f"{source}: key '{SOURCE}/energy': missing (and no '{SOURCE}/wavelength'); needed to convert positions to pixels")
         distance = hdf5.scalar(hdf5.dataset(h5, f"{DETECTOR}/distance", source), source, f"{DETECTOR}/distance")
+        safety.plausible(distance, source, f"{DETECTOR}/distance", "distance_m")
         pixel = tuple(
-            hdf5.scalar(hdf5.dataset(h5, f"{DETECTOR}/{axis}_pixel_size", source), source, f"{DETECTOR}/{axis}_pixel_size")
-            for axis in ("x", "y")
+            safety.plausible(hdf5.scalar(hdf5.dataset(h5, key, source), source, key), source, key, "detector_pixel_m")
+            for key in (f"{DETECTOR}/{axis}_pixel_size" for axis in ("x", "y"))
         )
         mask_value = hdf5.optional(h5, f"{DETECTOR}/mask")
         probe = None

@@ -128,6 +128,8 @@ def _intensities(raw: RawScan, config: PrepareConfig, checker: checks.Checker) -
         raise _error(source, key, f"dtype {patterns.dtype} cannot hold diffraction data; expected real numbers")
     if patterns.ndim != 3 or 0 in patterns.shape:
         raise _error(source, key, f"expected patterns of shape (M, N, N), found {patterns.shape}")
+    if patterns.shape[1] != patterns.shape[2]:  # refused below too, but the zero-frequency check comes first
+        raise _error(source, key, f"patterns are {patterns.shape[1]} x {patterns.shape[2]}; expected square (M, N, N) patterns")
     if raw.xcoords.shape != (patterns.shape[0],) or raw.ycoords.shape != (patterns.shape[0],):
         raise _error(source, "xcoords", f"{raw.xcoords.shape[0]} positions for {patterns.shape[0]} patterns")
 
@@ -252,7 +254,7 @@ def _probe(
     if scan.probe is None:
         scan.probe = detector.probe_from_patterns(scan.intensities, scan.mask)
         scan.metadata["probe_origin"] = "estimated: fftshift(ifft2(ifftshift(sqrt(mean counts)))) (focused-probe guess)"
-    elif scan.probe.ndim != 3 or scan.probe.shape[-2:] != (size, size):
+    elif scan.probe.ndim != 3 or scan.probe.shape[-2:] != (size, size) or scan.probe.shape[0] == 0:
         raise _error(raw.source, "probe", f"expected probe modes of shape (K, {size}, {size}), found {scan.probe.shape}")
 
     ratio = checks.probe_counts_ratio(amplitudes, scan.probe)

@@ -40,7 +40,7 @@ import numpy as np
 from ptycho.config import PrepareConfig
 from ptycho.npzfile import read_npz
 from ptycho.errors import DataError
-from ptycho.io import hdf5, units
+from ptycho.io import hdf5, safety, units
 from ptycho.io.raw import Finding, RawScan
 
 PRODUCT_NAMES = ("product.h5", "product.npz")
@@ -55,15 +55,14 @@ def scan_files(path: Path) -> tuple[Path, Path]:
         if not products:
             raise DataError(f"{path}: no {' or '.join(PRODUCT_NAMES)} in this folder (a ptychodus scan folder holds one and {DIFFRACTION_NAME})")
         product = products[0]
-    elif path.is_file():
-        product = path
     else:
-        raise DataError(f"{path}: file not found")
+        product = safety.regular_file(path)
     diffraction = product.parent / DIFFRACTION_NAME
     if product.name == DIFFRACTION_NAME:
         raise DataError(f"{path}: give the product file (or the folder), not {DIFFRACTION_NAME}")
-    if not diffraction.is_file():
+    if not diffraction.exists():
         raise DataError(f"{diffraction}: file not found (the diffraction patterns that go with {product})")
+    safety.regular_file(diffraction)
     return product, diffraction
 
 
@@ -119,12 +118,23 @@ def _product_npz(path: Path) -> dict[str, Any]:
     }
 
 
+def _indexes(values: Any, source: str, key: str) -> np.ndarray:
+    """Whole numbers as int64 (M,), or DataError naming the key."""
+    values = np.asarray(values).reshape(-1)
+    if values.dtype.kind not in "iuf" or not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or np.any(np.abs(values) > 2**53):
+        raise DataError(f"{source}: key '{key}': expected whole-number indexes, found {values.dtype} values such as {values[:3]}")
+    return values.astype(np.int64)
+
+
 def read(path: Path, config: PrepareConfig) -> RawScan:
     """Read a ptychodus product and its diffraction file (module docstring)."""
     del config
     product_path, diffraction_path = scan_files(Path(path))
     source = f"{product_path} + {diffraction_path.name}"
     product = _product_npz(product_path) if product_path.suffix == ".npz" else _product_h5(product_path)
+    for key, quantity in (("energy_ev", "photon_energy_eV"), ("distance_m", "distance_m")):
+        if product[key] != 0:  # 0: unknown (as ptycho's own export writes a scan without units)
+            safety.plausible(product[key], str(product_path), {"energy_ev": "photon_energy_eV"}.get(key, "detector_object_distance_m"), quantity)
     with hdf5.open_hdf5(diffraction_path) as h5:
         patterns_item = h5.get("patterns")
         if not isinstance(patterns_item, h5py.Dataset):
@@ -133,12 +143,15 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         pattern_attrs = dict(patterns_item.attrs)
         pattern_indexes = hdf5.dataset(h5, "indexes", str(diffraction_path)) if "indexes" in h5 else np.arange(len(patterns))
         bad_pixels = hdf5.optional(h5, "bad_pixels")
-    if patterns.ndim != 3:
+    if patterns.ndim != 3 or 0 in patterns.shape:
         raise DataError(f"{diffraction_path}: key 'patterns': expected (M, N, N), found shape {patterns.shape}")
+    pattern_indexes = _indexes(pattern_indexes, str(diffraction_path), "indexes")
+    if len(pattern_indexes) != len(patterns):
+        raise DataError(f"{diffraction_path}: key 'indexes': {len(pattern_indexes)} indexes for {len(patterns)} patterns")
     size = patterns.shape[-1]
 
     findings: list[Finding] = []
-    indexes = np.asarray(product["indexes"]).astype(np.int64).reshape(-1)
+    indexes = _indexes(product["indexes"], str(product_path), "probe_position_indexes")
     x_m = np.asarray(product["x_m"], dtype=np.float64).reshape(-1)
     y_m = np.asarray(product["y_m"], dtype=np.float64).reshape(-1)
     if not len(indexes) == len(x_m) == len(y_m):
@@ -152,6 +165,9 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         findings.append(Finding("indexes", f"{len(patterns) - len(rows)} patterns have no position in the product and are left out", "add their positions to the product if you need them"))
 
     obj = np.asarray(product["object"])
+    for key, value in (("object", obj), ("probe", np.asarray(product["probe"]))):
+        if value.size == 0:
+            raise DataError(f"{product_path}: key '{key}': empty, shape {value.shape}")
     while obj.ndim > 2 and obj.shape[0] == 1:
         obj = obj[0]
     if obj.ndim == 3:
@@ -173,7 +189,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         number = hdf5.scalar(value, str(product_path), key)
         if number <= 0:
             raise DataError(f"{product_path}: key '{key}': must be > 0, found {number:g}")
-        return number
+        return safety.plausible(number, str(product_path), key, "object_pixel_m")
 
     pixel_width = positive(product["object_pixel"][0], "object.pixel_width_m")
     pixel_height = positive(product["object_pixel"][1], "object.pixel_height_m")
@@ -182,8 +198,10 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     height, width = obj.shape
     detector_pixel = None
     if "detector_pixel_width_m" in pattern_attrs and "detector_pixel_height_m" in pattern_attrs:
-        detector_pixel = (hdf5.scalar(pattern_attrs["detector_pixel_width_m"], str(diffraction_path), "detector_pixel_width_m"),
-                          hdf5.scalar(pattern_attrs["detector_pixel_height_m"], str(diffraction_path), "detector_pixel_height_m"))
+        detector_pixel = tuple(
+            safety.plausible(hdf5.scalar(pattern_attrs[key], str(diffraction_path), key), str(diffraction_path), key, "detector_pixel_m")
+            for key in ("detector_pixel_width_m", "detector_pixel_height_m")
+        )
     wavelength = units.wavelength_from_energy_ev(product["energy_ev"]) if product["energy_ev"] > 0 else None
     unit_keys = units.units_metadata(wavelength_m=wavelength, distance_m=product["distance_m"], detector_pixel_m=detector_pixel, size=size)
     if "object_pixel_size_m" in unit_keys:
