@@ -79,16 +79,22 @@ def test_translation_sign_option_and_a_mirrored_sign_shows(tmp_path):
     assert "sample motion" in right.metadata["positions"]
 
 
-def test_mask_bit_one_marks_invalid_pixels_only(tmp_path):
+def test_mask_follows_the_cxi_bits_and_records_them(tmp_path):
     mask = np.zeros((SIZE, SIZE), dtype=np.uint32)
-    mask[2, 3] = 0x1
-    mask[5, 6] = 0x2  # another CXI flag (e.g. saturated): still a valid pixel here
-    mask[7, 7] = 0x3
+    mask[2, 3] = 0x1  # invalid
+    mask[5, 6] = 0x2  # saturated: its counts are wrong, so invalid too
+    mask[7, 7] = 0x8  # dead (a file with only this bit gave 5 bad pixels here, 6 in ptychodus)
+    mask[9, 9] = 0x20  # in a crystallographic peak mask: informational, the pixel is fine
+    mask[4, 4] = 0x800 | 0x4  # artifact corrected but hot: invalid
     cxi_file(tmp_path / "k.cxi", mask=mask)
     data, _ = load_scan(tmp_path / "k.cxi", config(tmp_path / "k.cxi"))
-    assert not data.mask[2, 3] and not data.mask[7, 7] and data.mask[5, 6]
-    assert data.mask.sum() == SIZE * SIZE - 2
-    assert np.all(data.amplitudes[:, 2, 3] == 0)
+    assert not data.mask[2, 3] and not data.mask[5, 6] and not data.mask[7, 7] and not data.mask[4, 4]
+    assert data.mask[9, 9]
+    assert data.mask.sum() == SIZE * SIZE - 4
+    assert np.all(data.amplitudes[:, 7, 7] == 0) and np.any(data.amplitudes[:, 9, 9] > 0)
+    found = data.metadata["mask_bits"]["found"]
+    assert found["0x8 dead"] == "1 px, invalid" and found["0x20 in peak mask"] == "1 px, ignored (informational)"
+    assert found["0x800 artifact corrected"] == "1 px, ignored (informational)" and found["0x4 hot"] == "1 px, invalid"
 
 
 def test_probe_modes_from_illumination(tmp_path):

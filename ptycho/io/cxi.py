@@ -9,7 +9,13 @@ Paths read (the first one present wins):
 - photon energy ``/entry_1/instrument_1/source_1/energy`` (joules), else
   ``source_1/wavelength`` (metres);
 - ``detector_1/distance``, ``detector_1/x_pixel_size``, ``detector_1/y_pixel_size`` (metres);
-- mask ``detector_1/mask``: bit 0x1 set = invalid pixel (CXI spec);
+- mask ``detector_1/mask``: a bit field (CXI 1.6, the pixel-mask table; :data:`MASK_BITS`). A
+  pixel is invalid when any bit is set other than the four that only inform (in a crystallographic
+  peak mask, artifact corrected, peak for the hit finder, background corrected): invalid,
+  saturated, hot, dead, shadowed, to be ignored, bad, out of resolution limits, missing, noisy,
+  failed correction, and any bit the table does not name. ptychodus 1.7.0 counts every set bit;
+  the two differ only for the four informational bits. The bits found and how they were counted
+  are recorded in ``metadata["mask_bits"]``;
 - probe ``source_1/illumination``, else ``/entry_1/image_1/data`` when it is (N, N) or
   (K, N, N) complex (ptychodus writes its probe there).
 
@@ -23,6 +29,7 @@ so that the smallest window corner is at 0 (``position_offset_m`` records the sh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +43,31 @@ TRANSLATION_PATHS = ("/entry_1/sample_1/geometry_1/translation", "/entry_1/data_
 SOURCE = "/entry_1/instrument_1/source_1"
 DETECTOR = "/entry_1/instrument_1/detector_1"
 PROBE_PATHS = (f"{SOURCE}/illumination", "/entry_1/image_1/data")
-INVALID_BIT = 0x1
+MASK_BITS = {
+    0x1: "invalid", 0x2: "saturated", 0x4: "hot", 0x8: "dead", 0x10: "shadowed", 0x20: "in peak mask",
+    0x40: "to be ignored", 0x80: "bad", 0x100: "out of resolution limits", 0x200: "missing", 0x400: "noisy",
+    0x800: "artifact corrected", 0x1000: "failed artifact correction", 0x2000: "peak for hit finder",
+    0x4000: "photon background corrected",
+}
+"""CXI 1.6 pixel-mask bits by value."""
+
+INFORMATIONAL_BITS = 0x20 | 0x800 | 0x2000 | 0x4000
+"""Bits that describe a usable pixel (peak regions, corrections applied): not counted as invalid."""
+
+
+def valid_pixels(mask_value: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """(N, N) bool valid pixels of a CXI bit mask, and the record of the bits found and how they counted."""
+    bits = np.asarray(mask_value).astype(np.int64)
+    invalid = (bits & ~INFORMATIONAL_BITS) != 0
+    found: dict[str, str] = {}
+    for bit in range(63):
+        value = 1 << bit
+        count = int(np.count_nonzero(bits & value))
+        if count:
+            name = MASK_BITS.get(value, "not named by CXI 1.6")
+            role = "ignored (informational)" if value & INFORMATIONAL_BITS else "invalid"
+            found[f"0x{value:x} {name}"] = f"{count} px, {role}"
+    return ~invalid, {"rule": "any CXI bit other than 0x20, 0x800, 0x2000, 0x4000 marks a pixel invalid", "found": found}
 
 
 def _first(h5, paths: tuple[str, ...], source: str, what: str) -> tuple[str, np.ndarray]:
@@ -98,11 +129,11 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     sign = 1.0 if config.cxi_translation is CxiTranslation.PROBE else -1.0
     x_m, y_m = sign * translation[:, 0], sign * translation[:, 1]
     offset = (float(np.min(x_m)) - size / 2 * dx, float(np.min(y_m)) - size / 2 * dy)
-    mask = None
+    mask, mask_bits = None, None
     if mask_value is not None:
         if mask_value.shape != patterns.shape[-2:]:
             raise DataError(f"{source}: key '{DETECTOR}/mask': shape {mask_value.shape} differs from the patterns' {patterns.shape[-2:]}")
-        mask = (mask_value.astype(np.int64) & INVALID_BIT) == 0
+        mask, mask_bits = valid_pixels(mask_value)
     return RawScan(
         source=source,
         pattern_key=data_path,
@@ -121,6 +152,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
             "(prepare.cxi_translation), / object pixel size",
             "position_offset_m": [offset[0], offset[1]],
             **({"probe_origin": probe_path} if probe is not None else {}),
+            **({"mask_bits": mask_bits} if mask_bits is not None else {}),
         },
         findings=tuple(findings),
     )
