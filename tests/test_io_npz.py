@@ -96,6 +96,37 @@ def test_patterns_with_the_zero_frequency_in_the_corners_are_refused(tmp_path):
         load_scan(tmp_path / "c.npz", config(tmp_path / "c.npz", zero_frequency=ZeroFrequency.CORNERS))
 
 
+def test_checks_see_the_data_after_the_mask(tmp_path):
+    """Marker values in masked pixels (1e9 in a corner, -1, NaN) fail no check: they are not data."""
+    obj, probe, x, y, amp = scan()
+    marked = amp.copy()
+    mask = np.ones((SIZE, SIZE), dtype=bool)
+    mask[:3, :3] = False
+    marked[:, :3, :3] = 1e9  # would put nearly all the energy in a corner: "not fftshifted"
+    mask[8, 12] = False
+    marked[:, 8, 12] = -1.0  # would be "negative value ... mark those pixels invalid in a mask"
+    mask[12, 5] = False
+    marked[:, 12, 5] = np.nan
+    np.savez(tmp_path / "m.npz", diffraction=marked, xcoords=x, ycoords=y, probeGuess=probe, mask=mask)
+    data, _ = load_scan(tmp_path / "m.npz", config(tmp_path / "m.npz"))
+    np.testing.assert_allclose(data.amplitudes[:, mask], amp[:, mask], rtol=1e-6)
+    assert np.all(data.amplitudes[:, ~mask] == 0) and data.metadata["input_checks"] == []
+    # the same markers without the mask are still caught
+    np.savez(tmp_path / "u.npz", diffraction=np.where(np.isnan(marked), 0, marked), xcoords=x, ycoords=y, probeGuess=probe)
+    with pytest.raises(DataError, match="negative amplitude value"):
+        load_scan(tmp_path / "u.npz", config(tmp_path / "u.npz"))
+    np.savez(tmp_path / "c.npz", diffraction=np.where(marked < 0, 0, np.nan_to_num(marked)), xcoords=x, ycoords=y, probeGuess=probe)
+    with pytest.raises(DataError, match="not centred"):
+        load_scan(tmp_path / "c.npz", config(tmp_path / "c.npz"))
+
+
+def test_a_mask_of_the_wrong_shape_is_refused_naming_it(tmp_path):
+    obj, probe, x, y, amp = scan()
+    np.savez(tmp_path / "w.npz", diffraction=amp, xcoords=x, ycoords=y, probeGuess=probe, mask=np.ones((SIZE, SIZE + 2), bool))
+    with pytest.raises(DataError, match=r"w.npz: key 'mask': shape \(16, 18\) does not match the 16 x 16 patterns"):
+        load_scan(tmp_path / "w.npz", config(tmp_path / "w.npz"))
+
+
 def test_ptychodus_ptychopinn_export(tmp_path):
     """ptychodus writes raw counts in diff3d, probe modes (K, N, N), bad_pixels and xcoords_start."""
     obj, probe, x, y, amp = scan()

@@ -10,7 +10,8 @@ Order (each step recorded in ``metadata``):
    then checked (``checks.zero_frequency_shares``: corners brighter than the centre fails);
 4. detector crop, then binning (``ptycho.io.detector``), with probe, mask, positions and pixel
    sizes transformed alike; ``prepare.N`` must equal the size that results;
-5. masked pixels set to 0; amplitudes A = sqrt(I), float32: the only square root taken;
+5. masked pixels set to 0 (already before step 2: a marker value in a masked pixel never fails a
+   check); amplitudes A = sqrt(I), float32: the only square root taken;
 6. the probe: the file's modes, or an estimate from the mean pattern; its scale checked
    against the counts and, with ``prepare.probe_scale: counts``, scaled to them.
 """
@@ -46,7 +47,7 @@ def _quantity(raw: RawScan, config: PrepareConfig, checker: checks.Checker) -> t
             "set prepare.diffraction_quantity: intensity (photon counts) or amplitude (sqrt of counts)",
         )
         return "amplitude", f"not stated, read as amplitude although count-like ({reason})"
-    peak = float(np.max(raw.patterns))
+    peak = float(np.max(raw.patterns if raw.mask is None else raw.patterns[:, np.asarray(raw.mask, dtype=bool)], initial=0.0))
     if peak > checks.LARGE_AMPLITUDE:
         checker.warn(
             raw.pattern_key,
@@ -92,14 +93,20 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
     if raw.xcoords.shape != (patterns.shape[0],) or raw.ycoords.shape != (patterns.shape[0],):
         raise _error(source, "xcoords", f"{raw.xcoords.shape[0]} positions for {patterns.shape[0]} patterns")
 
+    mask = None if raw.mask is None else np.asarray(raw.mask, dtype=bool)
+    if mask is not None and mask.shape != patterns.shape[-2:]:
+        raise _error(source, "mask", f"shape {mask.shape} does not match the {patterns.shape[-2]} x {patterns.shape[-1]} patterns")
     quantity, origin = _quantity(raw, config, checker)
     values = patterns.astype(np.float32)  # float32 holds counts below 2**24 exactly; half the memory of float64
+    if mask is not None:
+        # Masked pixels hold no measurement (often -1, 1e9 or NaN as a marker): zero them before any
+        # check, so that a marker cannot fail a check (or ask to mask a pixel that already is).
+        values[:, ~mask] = 0.0
     _check_values(values, source, key, quantity)
     intensities = values if quantity == "intensity" else np.square(values)
     metadata["diffraction_quantity_origin"] = f"{quantity}: {origin}"
     if quantity == "intensity":
         metadata["converted_from"] = "intensity"
-    mask = None if raw.mask is None else np.asarray(raw.mask, dtype=bool)
 
     # Zero frequency to the centre.
     if config.zero_frequency is ZeroFrequency.AUTO:
