@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from io_helpers import amplitudes, asymmetric_object, gaussian_probe
+from ptycho import physics
 from ptycho.config import DiffractionQuantity, InputChecks, PatternOrder, PrepareConfig, Source, ZeroFrequency
 from ptycho.data import save_dataset
 from ptycho.errors import DataError, InputWarning
@@ -149,6 +151,54 @@ def test_ptychodus_ptychopinn_export(tmp_path):
     valid = data.mask
     np.testing.assert_allclose(data.amplitudes[:, valid], np.sqrt(counts[:, valid]), rtol=1e-6)
     assert data.metadata["xcoords_start"].startswith("equal")
+
+
+def ptychodus_x_px(x_m, center_m, pixel_m, width):
+    """ptychodus 1.7.0's object-pixel x of a position (its own code where installed, else its formula)."""
+    try:
+        from ptychodus.api.object import ObjectGeometry
+        from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
+    except ImportError:
+        return (np.asarray(x_m) - center_m) / pixel_m + (width - 1) / 2
+    geometry = ObjectGeometry(width_px=width, height_px=width, pixel_width_m=pixel_m, pixel_height_m=pixel_m,
+                              center_x_m=center_m, center_y_m=center_m)
+    positions = ProbePositionSequence([ProbePosition(i, x, 0.0) for i, x in enumerate(x_m)])
+    return np.asarray(geometry.map_probe_positions_to_object_x_px(positions))
+
+
+def test_ptychodus_export_positions_are_moved_half_a_pixel_to_the_window_centre(tmp_path):
+    """ptychodus's export writes its (W - 1)/2 coordinate: read as is, everything landed -0.5 px in x and y."""
+    width, pixel_m, center_m = 48, 1e-8, 2e-7
+    obj = np.full((width, width), 0.3, dtype=np.complex64)
+    obj[21, 27] = 3.0  # a bright pixel
+    probe = (30 * gaussian_probe(SIZE, 2.5)).astype(np.complex64)
+    # probe positions in metres; ptychodus puts the first one's window (from x_px - (N - 1)/2) at columns 19 ... 34,
+    # so the bright pixel is its pixel N/2 = 8
+    x_m = center_m + (np.array([27.0, 24.5, 30.25]) - width / 2) * pixel_m
+    y_m = center_m + (np.array([21.0, 22.5, 19.75]) - width / 2) * pixel_m
+    x_px, y_px = ptychodus_x_px(x_m, center_m, pixel_m, width), ptychodus_x_px(y_m, center_m, pixel_m, width)
+    assert (x_px[0] - (SIZE - 1) / 2, y_px[0] - (SIZE - 1) / 2) == pytest.approx((27 - SIZE // 2, 21 - SIZE // 2))
+    counts = amplitudes(obj, probe, x_px + 0.5, y_px + 0.5).astype(np.float64) ** 2
+    np.savez(
+        tmp_path / "export.npz", xcoords=x_px, ycoords=y_px, xcoords_start=x_px, ycoords_start=y_px, diff3d=counts,
+        bad_pixels=np.zeros((SIZE, SIZE), bool), probeGuess=probe[None], objectGuess=obj, scan_index=np.zeros(3, dtype=int),
+    )
+    data, _ = load_scan(tmp_path / "export.npz", config(tmp_path / "export.npz", diffraction_quantity=DiffractionQuantity.INTENSITY))
+    np.testing.assert_allclose(data.xcoords, x_px + 0.5)
+    np.testing.assert_allclose(data.ycoords, y_px + 0.5)
+    assert "x = xcoords + 1/2" in data.metadata["positions"]
+    # bright-pixel test: our window centred at the first position holds the bright pixel at [N/2, N/2]
+    with torch.no_grad():
+        patch = physics.extract_patches(torch.from_numpy(obj), torch.from_numpy(data.xcoords[:1]), torch.from_numpy(data.ycoords[:1]), SIZE)[0].numpy()
+    assert np.unravel_index(np.argmax(np.abs(patch)), patch.shape) == (SIZE // 2, SIZE // 2)
+    # and the data agree with the object re-simulated at the corrected positions, not at the file's
+    def misfit(x, y):
+        return float(np.abs(amplitudes(obj, probe, x, y) - data.amplitudes).max() / data.amplitudes.max())
+    assert misfit(data.xcoords, data.ycoords) < 1e-4 and misfit(x_px, y_px) > 0.05
+    # a PtychoPINN file (no bad_pixels) keeps its positions
+    np.savez(tmp_path / "pinn.npz", xcoords=x_px, ycoords=y_px, xcoords_start=x_px, ycoords_start=y_px, diff3d=np.sqrt(counts), probeGuess=probe)
+    plain, _ = load_scan(tmp_path / "pinn.npz", config(tmp_path / "pinn.npz"))
+    np.testing.assert_array_equal(plain.xcoords, x_px)
 
 
 def test_xcoords_start_that_differ_are_reported(tmp_path):
