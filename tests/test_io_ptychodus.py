@@ -261,3 +261,17 @@ def test_ptychodus_application_loads_object_and_probe_of_an_export(tmp_path, uni
     assert loaded.probes.get_array().shape[-2:] == (SIZE, SIZE)
     assert sorted(position.index for position in loaded.probe_positions) == sorted(test.scan_index.tolist())
     assert loaded.metadata.photon_energy_eV > 0 and loaded.metadata.detector_distance_m > 0
+
+
+def test_a_near_field_product_is_refused_by_its_far_field_flag(tmp_path):
+    """ptychodus 1.7.0 writes far_field; a near-field product used to ingest silently as far field."""
+    obj = asymmetric_object(48, 56)
+    write_pair(tmp_path / "s", obj, *metres([20.0, 30.0], [20.0, 25.0], obj.shape))
+    with h5py.File(tmp_path / "s" / "product.h5", "a") as h5:
+        h5.attrs["far_field"] = np.bool_(False)
+    with pytest.raises(DataError, match=r"product.h5 \+ diffraction.h5: key 'far_field': the file says the measurement is near field"):
+        load_scan(tmp_path / "s", config(tmp_path / "s"))
+    with h5py.File(tmp_path / "s" / "product.h5", "a") as h5:
+        h5.attrs["far_field"] = np.bool_(True)
+    data, _ = load_scan(tmp_path / "s", config(tmp_path / "s"))
+    assert data.metadata["far_field"] is True and data.metadata["far_field_check"].startswith("the file says far field")

@@ -6,7 +6,8 @@ Order (each step recorded in ``metadata``):
    states, else the data are read as amplitudes unless they look like counts (then the input
    check fails: whole-numbered values, see ``checks.count_like``);
 2. intensities I (counts) from them, checked finite and non-negative;
-3. zero frequency to the centre: ``prepare.zero_frequency``, else where the format puts it;
+3. near field refused (``ptycho.io.nearfield``: the file's ``far_field`` flag, else the frames'
+   motion with the scan); zero frequency to the centre: ``prepare.zero_frequency``, else where the format puts it;
    then checked (``checks.zero_frequency_shares``: corners brighter than the centre fails);
 4. detector crop, then binning (``ptycho.io.detector``), with probe, mask, positions and pixel
    sizes transformed alike; ``prepare.N`` must equal the size that results;
@@ -26,7 +27,7 @@ import numpy as np
 from ptycho.config import DiffractionQuantity, PrepareConfig, ProbeScale, ZeroFrequency
 from ptycho.data import PtychoDataset, validate
 from ptycho.errors import DataError
-from ptycho.io import checks, detector
+from ptycho.io import checks, detector, nearfield
 from ptycho.io.raw import RawScan
 
 
@@ -107,6 +108,9 @@ def to_dataset(raw: RawScan, config: PrepareConfig, *, probe_scale_factor: float
     metadata["diffraction_quantity_origin"] = f"{quantity}: {origin}"
     if quantity == "intensity":
         metadata["converted_from"] = "intensity"
+
+    # Near field cannot be reconstructed here: the file's flag, else the frames' motion (ptycho.io.nearfield).
+    metadata.update(nearfield.check(raw.metadata.get("far_field"), intensities, raw.xcoords, raw.ycoords, mask, checker, key))
 
     # Zero frequency to the centre.
     if config.zero_frequency is ZeroFrequency.AUTO:

@@ -153,6 +153,16 @@ def scan_files(path: Path) -> tuple[Path, Path]:
     )
 
 
+def _far_field(value: Any, source: str) -> bool | None:
+    """ptychodus's ``far_field`` flag (1.7.0; absent before, which ptychodus reads as True), or None when absent."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "biu":
+        raise DataError(f"{source}: key 'far_field': expected a boolean, found {array.dtype} of shape {array.shape}")
+    return bool(array.reshape(()))
+
+
 def _product_h5(path: Path) -> dict[str, Any]:
     source = str(path)
     with hdf5.open_hdf5(path) as h5:
@@ -169,6 +179,7 @@ def _product_h5(path: Path) -> dict[str, Any]:
         object_attrs = dict(object_item.attrs)
         probe_attrs = dict(probe_item.attrs)
         return {
+            "far_field": _far_field(attrs.get("far_field"), source),
             "energy_ev": hdf5.scalar(energy, source, "photon_energy_eV"),
             "distance_m": hdf5.scalar(attrs["detector_object_distance_m"], source, "detector_object_distance_m"),
             "indexes": hdf5.dataset(h5, "probe_position_indexes", source),
@@ -192,6 +203,7 @@ def _product_npz(path: Path) -> dict[str, Any]:
         if key not in arrays:
             raise DataError(f"{source}: key '{key}': missing")
     return {
+        "far_field": _far_field(arrays.get("far_field"), source),
         "energy_ev": hdf5.scalar(energy, source, "photon_energy_eV"),
         "distance_m": hdf5.scalar(arrays["detector_object_distance_m"], source, "detector_object_distance_m"),
         "indexes": arrays["probe_position_indexes"],
@@ -285,6 +297,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     metadata: dict[str, Any] = {
         **unit_keys,
         "source_format": "ptychodus",
+        **({"far_field": product["far_field"]} if product["far_field"] is not None else {}),
         "positions": "x = (x_m - center_x_m) / pixel_width_m + W/2 (ptychodus 1.7.0's (W - 1)/2 pixel plus its half-pixel window centre)",
         "position_offset_m": [center_x - width / 2 * pixel_width, center_y - height / 2 * pixel_height],
     }
