@@ -62,17 +62,27 @@ def test_cnn_output_pixels_are_those_of_the_unpadded_input():
     torch.testing.assert_close(found, expected[..., before : before + 60, before : before + 60])
 
 
-@pytest.mark.parametrize("size", [50, 100])
-def test_prepare_and_train_work_at_sizes_the_cnn_used_to_refuse(tmp_path, size):
-    """N = 100 crashed in train (51 against 100) and N = 50 (2 mod 4) was refused by both backbones."""
+def prepare_and_train(tmp_path, size, networks):
     prepare = dataclasses.replace(
         SMALL_PREPARE, N=size, train_object_px=size + 48, test_object_px=size + 24, probe_diameter_px=size / 4, step_px=size / 6,
     )
     workflows.prepare(prepare, tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "preview.png")
-    for network in NAMES:
+    for network in networks:
         summary = workflows.train(
             load_dataset(tmp_path / "train.npz"), dataclasses.replace(SMALL_MODEL, architecture=network, n_filters_scale=0.125),
             TrainConfig(epochs=1, batch_size=16, seed=3), tmp_path / f"{network}.h5.zip",
             tmp_path / "history.csv", tmp_path / "metrics.json", tmp_path / "checkpoints",
         )
         assert (tmp_path / f"{network}.h5.zip").is_file() and np.isfinite(summary.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("size", [50, 100])
+def test_prepare_and_train_work_at_sizes_the_cnn_used_to_refuse(tmp_path, size):
+    """N = 100 crashed in train (51 against 100) and N = 50 (2 mod 4) was refused by both backbones."""
+    prepare_and_train(tmp_path, size, NAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", EVEN_SIZES)
+def test_prepare_and_train_work_for_every_even_n(tmp_path, size):
+    prepare_and_train(tmp_path, size, NAMES)
