@@ -64,7 +64,7 @@ def test_cnn_output_pixels_are_those_of_the_unpadded_input():
 
 def prepare_and_train(tmp_path, size, networks):
     prepare = dataclasses.replace(
-        SMALL_PREPARE, N=size, train_object_px=size + 48, test_object_px=size + 24, probe_diameter_px=size / 4, step_px=size / 6,
+        SMALL_PREPARE, N=size, train_object_px=2 * size, test_object_px=size + size // 2, probe_diameter_px=size / 4, step_px=size / 6,
     )
     workflows.prepare(prepare, tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "preview.png")
     for network in networks:
