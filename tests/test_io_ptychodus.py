@@ -244,6 +244,7 @@ def test_export_writes_the_diffraction_file_of_exactly_its_scan_beside_it(tmp_pa
     data, _ = load_scan(product, config(product))
     np.testing.assert_allclose(data.amplitudes, test.amplitudes, rtol=1e-6)
     np.testing.assert_array_equal(data.scan_index, test.scan_index)
+    assert "object_pixel_m" in data.metadata["nominal_geometry"]  # the units read back are said to be nominal
 
 
 @pytest.mark.parametrize("units_known", [False, True])

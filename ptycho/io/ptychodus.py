@@ -179,6 +179,7 @@ def _product_h5(path: Path) -> dict[str, Any]:
         object_attrs = dict(object_item.attrs)
         probe_attrs = dict(probe_item.attrs)
         return {
+            "nominal_geometry": str(attrs.get("ptycho_nominal_geometry", "[]")),  # our own exports say which units are nominal
             "far_field": _far_field(attrs.get("far_field"), source),
             "energy_ev": hdf5.scalar(energy, source, "photon_energy_eV"),
             "distance_m": hdf5.scalar(attrs["detector_object_distance_m"], source, "detector_object_distance_m"),
@@ -298,6 +299,7 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         **unit_keys,
         "source_format": "ptychodus",
         **({"far_field": product["far_field"]} if product["far_field"] is not None else {}),
+        **({"nominal_geometry": product["nominal_geometry"]} if product.get("nominal_geometry", "[]") != "[]" else {}),
         "positions": "x = (x_m - center_x_m) / pixel_width_m + W/2 (ptychodus 1.7.0's (W - 1)/2 pixel plus its half-pixel window centre)",
         "position_offset_m": [center_x - width / 2 * pixel_width, center_y - height / 2 * pixel_height],
     }
