@@ -138,7 +138,7 @@ def _with_companion(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return parts, other
 
 
-def _probe_modes(value: np.ndarray | None, path: str | None, size: tuple[int, int], source: str, findings: list[Finding]) -> tuple[np.ndarray | None, str]:
+def _probe_modes(value: np.ndarray | None, path: str | None, size: tuple[int, int], findings: list[Finding]) -> tuple[np.ndarray | None, str]:
     """(K, N, N) incoherent modes from a CXI probe: (N, N), (K, N, N) or ptychodus's (OPR, K, N, N), OPR mode 0."""
     if value is None:
         return None, ""
@@ -166,11 +166,11 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     source = str(path) if companion is None else f"{position_parts['source']} + {Path(data_parts['source']).name}"
     findings: list[Finding] = []
 
-    def pick(key: str) -> Any:  # the diffraction file's value, else the other file's
-        for candidate in (data_parts, position_parts):
-            if candidate is not None and candidate[key] is not None:
-                return candidate[key]
-        return None
+    def holder(key: str) -> dict[str, Any]:  # the diffraction file when it has `key`, else the other file
+        return data_parts if data_parts[key] is not None else position_parts
+
+    def pick(key: str) -> Any:
+        return holder(key)[key]
 
     data_path, patterns = data_parts["data_path"], data_parts["patterns"]
     if patterns.ndim != 3:
@@ -210,8 +210,8 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
         raise DataError(f"{source}: key '{DETECTOR}/distance': missing")
     if pixel is None:
         raise DataError(f"{source}: key '{DETECTOR}/x_pixel_size': missing (or y_pixel_size)")
-    probe, probe_note = _probe_modes(pick("probe"), parts["probe_path"] if parts["probe"] is not None else (companion or {}).get("probe_path"),
-                                     patterns.shape[-2:], source, findings)
+    probe_parts = holder("probe")
+    probe, probe_note = _probe_modes(probe_parts["probe"], probe_parts["probe_path"], patterns.shape[-2:], findings)
 
     size = patterns.shape[-1]
     unit_keys = units.units_metadata(wavelength_m=wavelength, distance_m=distance, detector_pixel_m=pixel, size=size)
