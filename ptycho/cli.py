@@ -37,7 +37,9 @@ def _prepare(args: argparse.Namespace) -> None:
     for warning in caught:
         print(f"ptycho prepare: warning: {warning.message}", file=sys.stderr)
     source = train.metadata.get("source_detected")
-    print(f"prepare: wrote {args.train} ({train.n_patterns} patterns) and {args.test} ({test.n_patterns} patterns)"
+    dropped = train.metadata.get("guard_band_dropped")
+    guard = f"; {dropped} dropped by the guard band of N/2 px between them" if dropped else ""
+    print(f"prepare: wrote {args.train} ({train.n_patterns} patterns) and {args.test} ({test.n_patterns} patterns{guard})"
           + (f"; read as {source}" if source else ""))
     refined = train.metadata.get("probe_refined")
     if refined:

@@ -45,7 +45,8 @@ class Architecture:
 
     N: pattern size, px. gridsize: C = gridsize**2 patterns per group. n_filters_scale:
     width multiplier. backbone: the network family (``ptycho.nn.NAMES``). window_px: side of the
-    predicted object window, px, even, N/2 ... N (0 = N/2, the format-1 value).
+    predicted object window, px, even, N/2 ... N (0 = the smallest even side >= N/2: N/2, the
+    format-1 value, or N/2 + 1 when N/2 is odd).
     amplitude_activation: "exp" (amplitude = exp(output), 1 at zero output, no asymptote
     near 1) or "sigmoid" (bounded by 1, the format-1 head).
     """
@@ -59,7 +60,7 @@ class Architecture:
 
     def __post_init__(self):
         if self.window_px == 0:
-            object.__setattr__(self, "window_px", self.N // 2)
+            object.__setattr__(self, "window_px", physics.smallest_window(self.N))
         if not (self.N // 2 <= self.window_px <= self.N and self.window_px % 2 == 0):
             raise ValueError(f"window_px must be even and in [N/2, N] = [{self.N // 2}, {self.N}], got {self.window_px}")
         if self.gridsize not in GRIDSIZES:

@@ -291,10 +291,16 @@ def window_share(probe: np.ndarray, window_px: int) -> float:
     return float(intensity[start : start + window_px, start : start + window_px].sum() / intensity.sum())
 
 
+def smallest_window(size: int) -> int:
+    """The smallest even window side >= N/2: N/2, or N/2 + 1 when N/2 is odd (N = 2 mod 4)."""
+    half = size // 2
+    return half + half % 2
+
+
 def probe_window(probe: np.ndarray, share: float) -> int:
     """Smallest even, centred window side w in [N/2, N] that holds ``share`` of sum(|P|**2) (N if none)."""
     size = probe.shape[-1]
-    for window in range(size // 2, size, 2):
+    for window in range(smallest_window(size), size, 2):
         if window_share(probe, window) >= share:
             return window
     return size

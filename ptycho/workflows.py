@@ -46,7 +46,11 @@ def split_spatially(dataset: PtychoDataset, test_fraction: float, source: str) -
             f"test_fraction={test_fraction} and a guard band of N/2={size // 2} px "
             f"(train {len(train_indices)}, test {len(test_indices)}); give prepare.test_file instead"
         )
-    split = {"split": f"spatial: test x >= {cut:.2f}, train x < {cut - size / 2:.2f}"}
+    dropped = dataset.n_patterns - len(train_indices) - len(test_indices)
+    split = {
+        "split": f"spatial: test x >= {cut:.2f}, train x < {cut - size / 2:.2f}",
+        "guard_band_dropped": int(dropped),  # patterns within N/2 left of the cut: in neither file
+    }
     train, test = dataset.subset(train_indices), dataset.subset(test_indices)
     return (
         dataclasses.replace(train, metadata={**train.metadata, **split, "role": "train"}),

@@ -8,7 +8,7 @@ import pytest
 
 from io_helpers import amplitudes, asymmetric_object, gaussian_probe
 from ptycho.config import CxiTranslation, PrepareConfig, Source
-from ptycho.errors import DataError
+from ptycho.errors import DataError, InputWarning
 from ptycho.io import load_scan, units
 
 SIZE = 16
@@ -79,16 +79,22 @@ def test_translation_sign_option_and_a_mirrored_sign_shows(tmp_path):
     assert "sample motion" in right.metadata["positions"]
 
 
-def test_mask_bit_one_marks_invalid_pixels_only(tmp_path):
+def test_mask_follows_the_cxi_bits_and_records_them(tmp_path):
     mask = np.zeros((SIZE, SIZE), dtype=np.uint32)
-    mask[2, 3] = 0x1
-    mask[5, 6] = 0x2  # another CXI flag (e.g. saturated): still a valid pixel here
-    mask[7, 7] = 0x3
+    mask[2, 3] = 0x1  # invalid
+    mask[5, 6] = 0x2  # saturated: its counts are wrong, so invalid too
+    mask[7, 7] = 0x8  # dead (a file with only this bit gave 5 bad pixels here, 6 in ptychodus)
+    mask[9, 9] = 0x20  # in a crystallographic peak mask: informational, the pixel is fine
+    mask[4, 4] = 0x800 | 0x4  # artifact corrected but hot: invalid
     cxi_file(tmp_path / "k.cxi", mask=mask)
     data, _ = load_scan(tmp_path / "k.cxi", config(tmp_path / "k.cxi"))
-    assert not data.mask[2, 3] and not data.mask[7, 7] and data.mask[5, 6]
-    assert data.mask.sum() == SIZE * SIZE - 2
-    assert np.all(data.amplitudes[:, 2, 3] == 0)
+    assert not data.mask[2, 3] and not data.mask[5, 6] and not data.mask[7, 7] and not data.mask[4, 4]
+    assert data.mask[9, 9]
+    assert data.mask.sum() == SIZE * SIZE - 4
+    assert np.all(data.amplitudes[:, 7, 7] == 0) and np.any(data.amplitudes[:, 9, 9] > 0)
+    found = data.metadata["mask_bits"]["found"]
+    assert found["0x8 dead"] == "1 px, invalid" and found["0x20 in peak mask"] == "1 px, ignored (informational)"
+    assert found["0x800 artifact corrected"] == "1 px, ignored (informational)" and found["0x4 hot"] == "1 px, invalid"
 
 
 def test_probe_modes_from_illumination(tmp_path):
@@ -110,3 +116,81 @@ def test_missing_positions_name_the_paths(tmp_path):
         del h5["entry_1/sample_1/geometry_1/translation"]
     with pytest.raises(DataError, match="geometry_1/translation': missing.*data_1/translation"):
         load_scan(tmp_path / "x.cxi", config(tmp_path / "x.cxi"))
+
+
+def test_a_combined_files_4d_probe_is_read_opr_mode_zero_with_its_incoherent_modes(tmp_path):
+    """ptychodus writes its probe as (OPR, modes, N, N); it was dropped and replaced by an estimate."""
+    modes = np.stack([30 * gaussian_probe(SIZE, 2.5), 3 * gaussian_probe(SIZE, 4.0)]).astype(np.complex64)
+    opr = np.stack([modes, 0.5 * modes])  # OPR mode 1 is not used
+    cxi_file(tmp_path / "p.cxi", probe=opr)
+    data, _ = load_scan(tmp_path / "p.cxi", config(tmp_path / "p.cxi"))
+    np.testing.assert_array_equal(data.probe_modes, modes)
+    assert "OPR mode 0 of 2, 2 incoherent mode(s)" in data.metadata["probe_origin"]
+    # a probe that cannot serve is reported, not silently replaced
+    cxi_file(tmp_path / "r.cxi", probe=np.ones((SIZE, SIZE), np.float32))
+    with pytest.warns(InputWarning, match="cannot serve"):
+        estimated, _ = load_scan(tmp_path / "r.cxi", config(tmp_path / "r.cxi"))
+    assert estimated.metadata["probe_origin"].startswith("estimated")
+
+
+def write_ptychodus_pair(folder):
+    """ptychodus 1.7.0's split CXI files (its CXIProductFileIO / CXIDiffractionFileWriter layout), from cxi_file's scan."""
+    folder.mkdir()
+    obj, probe, x, y, counts = cxi_file(folder / "combined.cxi")
+    extra = np.random.default_rng(5).poisson(20.0, (3, SIZE, SIZE)).astype(np.float64)  # patterns without a position
+    order = np.random.default_rng(6).permutation(len(x))  # the product lists positions in another order
+    all_counts = np.concatenate([counts, extra])
+    with h5py.File(folder / "diffraction.cxi", "w") as h5:
+        h5["cxi_version"] = 160
+        detector = h5.create_group("entry_1/instrument_1/detector_1")
+        detector["data"] = all_counts.astype(np.float32)
+        detector["distance"], detector["x_pixel_size"], detector["y_pixel_size"] = DISTANCE_M, PIXEL_M, PIXEL_M
+        detector["mask"] = np.zeros((SIZE, SIZE), np.uint32)
+        h5.create_group("entry_1/instrument_1/source_1")["energy"] = ENERGY_J
+        h5.create_group("entry_1/data_1")["data"] = h5py.SoftLink("/entry_1/instrument_1/detector_1/data")
+    modes = np.stack([probe, 0.1 * gaussian_probe(SIZE, 4.0)]).astype(np.complex64)
+    with h5py.File(folder / "product.cxi", "w") as h5:
+        h5["cxi_version"] = 160
+        translation = np.stack([x * OBJECT_PIXEL_M, y * OBJECT_PIXEL_M, np.zeros_like(x)], axis=1)[order]
+        h5.create_group("entry_1/sample_1/geometry_1")["translation"] = translation
+        h5.create_group("entry_1/data_1")["translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
+        h5.create_group("entry_1/instrument_1/source_1")["energy"] = ENERGY_J
+        h5.create_group("entry_1/instrument_1/detector_1")["distance"] = DISTANCE_M
+        h5.create_group("entry_1/image_1")["data"] = modes[None]
+        h5["entry_1/instrument_1/source_1"]["illumination"] = h5py.SoftLink("/entry_1/image_1/data")
+        h5.create_group("entry_1/image_2")["data"] = obj[None]
+        extras = h5.create_group("entry_1/ptychodus")
+        extras["probe_position_indexes"] = order.astype(np.int64)
+        extras["object_pixel_width_m"] = extras["object_pixel_height_m"] = OBJECT_PIXEL_M
+        extras["probe_pixel_width_m"] = extras["probe_pixel_height_m"] = OBJECT_PIXEL_M
+        extras["object_center_x_m"] = extras["object_center_y_m"] = 24 * OBJECT_PIXEL_M
+    return x, y, counts, modes, order
+
+
+def test_ptychodus_cxi_pair_ingests_from_either_file(tmp_path):
+    """product.cxi (positions, probe, object) + diffraction.cxi (patterns): refused before (no patterns in the product)."""
+    x, y, counts, modes, order = write_ptychodus_pair(tmp_path / "pair")
+    for given in ("product.cxi", "diffraction.cxi"):
+        data, _ = load_scan(tmp_path / "pair" / given, config(tmp_path / "pair" / given))
+        assert data.n_patterns == len(x)  # the 3 patterns without a position are not used
+        np.testing.assert_allclose(data.amplitudes, np.sqrt(counts[order]), rtol=1e-6)
+        offset = np.array(data.metadata["position_offset_m"]) / OBJECT_PIXEL_M
+        np.testing.assert_allclose(data.xcoords + offset[0], x[order], atol=1e-9)
+        np.testing.assert_allclose(data.ycoords + offset[1], y[order], atol=1e-9)
+        np.testing.assert_array_equal(data.scan_index, order)
+        np.testing.assert_array_equal(data.probe_modes, modes)
+        assert data.metadata["source_format"].startswith("cxi pair") and data.metadata["object_pixel_size_m"] == pytest.approx([OBJECT_PIXEL_M] * 2)
+    try:  # the product holds what ptychodus's own CXI reader expects
+        from ptychodus.plugins.cxi_file import CXIProductFileIO
+    except ImportError:
+        return
+    product = CXIProductFileIO().read(tmp_path / "pair" / "product.cxi")
+    np.testing.assert_array_equal(product.probe_positions.get_indexes(), order)
+    assert product.probes.get_array().shape == (1, 2, SIZE, SIZE)
+
+
+def test_a_product_without_its_diffraction_file_is_refused_naming_the_pair(tmp_path):
+    write_ptychodus_pair(tmp_path / "pair")
+    (tmp_path / "pair" / "diffraction.cxi").unlink()
+    with pytest.raises(DataError, match="product.cxi: key '/entry_1/data_1/data': missing .* no diffraction.cxi beside it"):
+        load_scan(tmp_path / "pair" / "product.cxi", config(tmp_path / "pair" / "product.cxi"))

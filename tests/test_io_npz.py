@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from io_helpers import amplitudes, asymmetric_object, gaussian_probe
+from ptycho import physics
 from ptycho.config import DiffractionQuantity, InputChecks, PatternOrder, PrepareConfig, Source, ZeroFrequency
 from ptycho.data import save_dataset
 from ptycho.errors import DataError, InputWarning
@@ -96,6 +98,37 @@ def test_patterns_with_the_zero_frequency_in_the_corners_are_refused(tmp_path):
         load_scan(tmp_path / "c.npz", config(tmp_path / "c.npz", zero_frequency=ZeroFrequency.CORNERS))
 
 
+def test_checks_see_the_data_after_the_mask(tmp_path):
+    """Marker values in masked pixels (1e9 in a corner, -1, NaN) fail no check: they are not data."""
+    obj, probe, x, y, amp = scan()
+    marked = amp.copy()
+    mask = np.ones((SIZE, SIZE), dtype=bool)
+    mask[:3, :3] = False
+    marked[:, :3, :3] = 1e9  # would put nearly all the energy in a corner: "not fftshifted"
+    mask[8, 12] = False
+    marked[:, 8, 12] = -1.0  # would be "negative value ... mark those pixels invalid in a mask"
+    mask[12, 5] = False
+    marked[:, 12, 5] = np.nan
+    np.savez(tmp_path / "m.npz", diffraction=marked, xcoords=x, ycoords=y, probeGuess=probe, mask=mask)
+    data, _ = load_scan(tmp_path / "m.npz", config(tmp_path / "m.npz"))
+    np.testing.assert_allclose(data.amplitudes[:, mask], amp[:, mask], rtol=1e-6)
+    assert np.all(data.amplitudes[:, ~mask] == 0) and data.metadata["input_checks"] == []
+    # the same markers without the mask are still caught
+    np.savez(tmp_path / "u.npz", diffraction=np.where(np.isnan(marked), 0, marked), xcoords=x, ycoords=y, probeGuess=probe)
+    with pytest.raises(DataError, match="negative amplitude value"):
+        load_scan(tmp_path / "u.npz", config(tmp_path / "u.npz"))
+    np.savez(tmp_path / "c.npz", diffraction=np.where(marked < 0, 0, np.nan_to_num(marked)), xcoords=x, ycoords=y, probeGuess=probe)
+    with pytest.raises(DataError, match="not centred"):
+        load_scan(tmp_path / "c.npz", config(tmp_path / "c.npz"))
+
+
+def test_a_mask_of_the_wrong_shape_is_refused_naming_it(tmp_path):
+    obj, probe, x, y, amp = scan()
+    np.savez(tmp_path / "w.npz", diffraction=amp, xcoords=x, ycoords=y, probeGuess=probe, mask=np.ones((SIZE, SIZE + 2), bool))
+    with pytest.raises(DataError, match=r"w.npz: key 'mask': shape \(16, 18\) does not match the 16 x 16 patterns"):
+        load_scan(tmp_path / "w.npz", config(tmp_path / "w.npz"))
+
+
 def test_ptychodus_ptychopinn_export(tmp_path):
     """ptychodus writes raw counts in diff3d, probe modes (K, N, N), bad_pixels and xcoords_start."""
     obj, probe, x, y, amp = scan()
@@ -118,6 +151,54 @@ def test_ptychodus_ptychopinn_export(tmp_path):
     valid = data.mask
     np.testing.assert_allclose(data.amplitudes[:, valid], np.sqrt(counts[:, valid]), rtol=1e-6)
     assert data.metadata["xcoords_start"].startswith("equal")
+
+
+def ptychodus_x_px(x_m, center_m, pixel_m, width):
+    """ptychodus 1.7.0's object-pixel x of a position (its own code where installed, else its formula)."""
+    try:
+        from ptychodus.api.object import ObjectGeometry
+        from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
+    except ImportError:
+        return (np.asarray(x_m) - center_m) / pixel_m + (width - 1) / 2
+    geometry = ObjectGeometry(width_px=width, height_px=width, pixel_width_m=pixel_m, pixel_height_m=pixel_m,
+                              center_x_m=center_m, center_y_m=center_m)
+    positions = ProbePositionSequence([ProbePosition(i, x, 0.0) for i, x in enumerate(x_m)])
+    return np.asarray(geometry.map_probe_positions_to_object_x_px(positions))
+
+
+def test_ptychodus_export_positions_are_moved_half_a_pixel_to_the_window_centre(tmp_path):
+    """ptychodus's export writes its (W - 1)/2 coordinate: read as is, everything landed -0.5 px in x and y."""
+    width, pixel_m, center_m = 48, 1e-8, 2e-7
+    obj = np.full((width, width), 0.3, dtype=np.complex64)
+    obj[21, 27] = 3.0  # a bright pixel
+    probe = (30 * gaussian_probe(SIZE, 2.5)).astype(np.complex64)
+    # probe positions in metres; ptychodus puts the first one's window (from x_px - (N - 1)/2) at columns 19 ... 34,
+    # so the bright pixel is its pixel N/2 = 8
+    x_m = center_m + (np.array([27.0, 24.5, 30.25]) - width / 2) * pixel_m
+    y_m = center_m + (np.array([21.0, 22.5, 19.75]) - width / 2) * pixel_m
+    x_px, y_px = ptychodus_x_px(x_m, center_m, pixel_m, width), ptychodus_x_px(y_m, center_m, pixel_m, width)
+    assert (x_px[0] - (SIZE - 1) / 2, y_px[0] - (SIZE - 1) / 2) == pytest.approx((27 - SIZE // 2, 21 - SIZE // 2))
+    counts = amplitudes(obj, probe, x_px + 0.5, y_px + 0.5).astype(np.float64) ** 2
+    np.savez(
+        tmp_path / "export.npz", xcoords=x_px, ycoords=y_px, xcoords_start=x_px, ycoords_start=y_px, diff3d=counts,
+        bad_pixels=np.zeros((SIZE, SIZE), bool), probeGuess=probe[None], objectGuess=obj, scan_index=np.zeros(3, dtype=int),
+    )
+    data, _ = load_scan(tmp_path / "export.npz", config(tmp_path / "export.npz", diffraction_quantity=DiffractionQuantity.INTENSITY))
+    np.testing.assert_allclose(data.xcoords, x_px + 0.5)
+    np.testing.assert_allclose(data.ycoords, y_px + 0.5)
+    assert "x = xcoords + 1/2" in data.metadata["positions"]
+    # bright-pixel test: our window centred at the first position holds the bright pixel at [N/2, N/2]
+    with torch.no_grad():
+        patch = physics.extract_patches(torch.from_numpy(obj), torch.from_numpy(data.xcoords[:1]), torch.from_numpy(data.ycoords[:1]), SIZE)[0].numpy()
+    assert np.unravel_index(np.argmax(np.abs(patch)), patch.shape) == (SIZE // 2, SIZE // 2)
+    # and the data agree with the object re-simulated at the corrected positions, not at the file's
+    def misfit(x, y):
+        return float(np.abs(amplitudes(obj, probe, x, y) - data.amplitudes).max() / data.amplitudes.max())
+    assert misfit(data.xcoords, data.ycoords) < 1e-4 and misfit(x_px, y_px) > 0.05
+    # a PtychoPINN file (no bad_pixels) keeps its positions
+    np.savez(tmp_path / "pinn.npz", xcoords=x_px, ycoords=y_px, xcoords_start=x_px, ycoords_start=y_px, diff3d=np.sqrt(counts), probeGuess=probe)
+    plain, _ = load_scan(tmp_path / "pinn.npz", config(tmp_path / "pinn.npz"))
+    np.testing.assert_array_equal(plain.xcoords, x_px)
 
 
 def test_xcoords_start_that_differ_are_reported(tmp_path):

@@ -1,6 +1,7 @@
 """ptychodus products: reading a product/diffraction pair, the half-pixel convention, exporting ours."""
 
 import dataclasses
+import json
 
 import h5py
 import numpy as np
@@ -13,7 +14,7 @@ from ptycho.config import PrepareConfig, Source
 from ptycho.data import PtychoDataset
 from ptycho.errors import DataError, InputWarning
 from ptycho.io import detect, load_scan, units
-from ptycho.io.product import product_bytes, write_product
+from ptycho.io.product import NOMINAL_OBJECT_PIXEL_M, export_geometry, paired_diffraction_path, product_bytes, write_product
 from ptycho.reconstruction import Reconstruction
 
 SIZE = 16
@@ -192,7 +193,7 @@ def test_export_reads_back_by_the_format_facts(tmp_path):
         np.testing.assert_array_equal(h5["probe"][0, 0], reconstruction.probe)
 
 
-def test_export_without_units_says_so_and_is_byte_deterministic(tmp_path):
+def test_export_without_units_writes_a_consistent_nominal_geometry_and_is_byte_deterministic(tmp_path):
     data = dataset([20.0], [20.0], {})
     obj = np.ones((40, 50), dtype=np.complex64)
     kwargs = dict(object_=obj, origin=(0, 0), probe=data.probe, xcoords=data.xcoords, ycoords=data.ycoords,
@@ -201,5 +202,77 @@ def test_export_without_units_says_so_and_is_byte_deterministic(tmp_path):
     assert first == second
     (tmp_path / "p.h5").write_bytes(first)
     with h5py.File(tmp_path / "p.h5") as h5:
-        assert h5["object"].attrs["pixel_width_m"] == 1.0 and "1 object pixel is written as 1 m" in h5.attrs["ptycho_units"]
-        np.testing.assert_allclose(h5["probe_position_x_m"][()], [20.0])
+        pixel = h5["object"].attrs["pixel_width_m"]
+        assert pixel == NOMINAL_OBJECT_PIXEL_M and "nominal geometry" in h5.attrs["ptycho_units"]
+        assert "object_pixel_m" in json.loads(h5.attrs["ptycho_nominal_geometry"])
+        # ptychodus's object pixel lambda z / (N p) with the diffraction file's detector pixel
+        geometry = export_geometry({}, SIZE)
+        derived = units.wavelength_from_energy_ev(h5.attrs["photon_energy_eV"]) * h5.attrs["detector_object_distance_m"] / (SIZE * geometry["detector_pixel_m"][0])
+        assert derived == pytest.approx(pixel, rel=1e-9) and h5.attrs["photon_energy_eV"] > 0
+        np.testing.assert_allclose(h5["probe_position_x_m"][()], [20.0 * pixel])
+    assert export_geometry(units.units_metadata(wavelength_m=1e-10, distance_m=2.0, detector_pixel_m=(75e-6, 75e-6), size=SIZE), SIZE)["nominal"] == []
+
+
+def split_export(tmp_path, metadata):
+    """The test split (largest x) of a scan, reconstructed as its own object, exported: (test data, product path)."""
+    from ptycho.workflows import split_spatially
+
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(10, 60, 40), rng.uniform(10, 30, 40)
+    scan = dataclasses.replace(dataset(x, y, metadata), amplitudes=rng.uniform(0, 9, (40, SIZE, SIZE)).astype(np.float32))
+    _, test = split_spatially(scan, 0.3, "scan")
+    obj = asymmetric_object(40, 70)
+    reconstruction = Reconstruction(obj, (0, 0), np.ones(obj.shape, np.float32), "pinn", probe=None)
+    write_product(tmp_path / "reconstruction_product.h5", reconstruction, test)
+    return test, obj, tmp_path / "reconstruction_product.h5"
+
+
+def test_export_writes_the_diffraction_file_of_exactly_its_scan_beside_it(tmp_path):
+    """A test-split product opened with the whole scan's patterns made ptychodus interpolate positions that do not exist."""
+    test, obj, product = split_export(tmp_path, {})
+    diffraction = paired_diffraction_path(product)
+    assert diffraction.name == "reconstruction_product_diffraction.h5"
+    with h5py.File(product) as h5, h5py.File(diffraction) as pairs:
+        assert h5.attrs["ptycho_diffraction_file"] == diffraction.name and diffraction.name in h5.attrs["comments"]
+        np.testing.assert_array_equal(pairs["indexes"][()], h5["probe_position_indexes"][()])
+        np.testing.assert_array_equal(pairs["indexes"][()], test.scan_index)
+        assert len(test.scan_index) < 40  # the split's own patterns, not the whole scan's
+        np.testing.assert_allclose(pairs["patterns"][()], test.amplitudes.astype(np.float64) ** 2, rtol=1e-6)
+        assert pairs["bad_pixels"].shape == (SIZE, SIZE) and not pairs["bad_pixels"][()].any()
+    # our reader pairs them too, preferring the paired file over a folder's diffraction.h5
+    (tmp_path / "diffraction.h5").write_bytes(b"not the pair")
+    data, _ = load_scan(product, config(product))
+    np.testing.assert_allclose(data.amplitudes, test.amplitudes, rtol=1e-6)
+    np.testing.assert_array_equal(data.scan_index, test.scan_index)
+    assert "object_pixel_m" in data.metadata["nominal_geometry"]  # the units read back are said to be nominal
+
+
+@pytest.mark.parametrize("units_known", [False, True])
+def test_ptychodus_application_loads_object_and_probe_of_an_export(tmp_path, units_known):
+    """ptychodus's ModelCore loaded an empty object and probe for a unitless export (energy = distance = 0)."""
+    pytest.importorskip("ptychodus.model", reason="ptychodus (optional: pip install ptychodus) is not installed")
+    from ptychodus.model import ModelCore
+
+    metadata = units.units_metadata(wavelength_m=1.2e-10, distance_m=1.5, detector_pixel_m=(75e-6, 75e-6), size=SIZE) if units_known else {}
+    test, obj, product = split_export(tmp_path, metadata)
+    with ModelCore() as core:
+        patterns = core.workflow_api.load_assembled_diffraction_data(paired_diffraction_path(product))
+        loaded = core.workflow_api.load_product(product, diffraction=patterns).get_product()
+    np.testing.assert_array_equal(loaded.object_.get_layer(0), obj)
+    assert loaded.probes.get_array().shape[-2:] == (SIZE, SIZE)
+    assert sorted(position.index for position in loaded.probe_positions) == sorted(test.scan_index.tolist())
+    assert loaded.metadata.photon_energy_eV > 0 and loaded.metadata.detector_distance_m > 0
+
+
+def test_a_near_field_product_is_refused_by_its_far_field_flag(tmp_path):
+    """ptychodus 1.7.0 writes far_field; a near-field product used to ingest silently as far field."""
+    obj = asymmetric_object(48, 56)
+    write_pair(tmp_path / "s", obj, *metres([20.0, 30.0], [20.0, 25.0], obj.shape))
+    with h5py.File(tmp_path / "s" / "product.h5", "a") as h5:
+        h5.attrs["far_field"] = np.bool_(False)
+    with pytest.raises(DataError, match=r"product.h5 \+ diffraction.h5: key 'far_field': the file says the measurement is near field"):
+        load_scan(tmp_path / "s", config(tmp_path / "s"))
+    with h5py.File(tmp_path / "s" / "product.h5", "a") as h5:
+        h5.attrs["far_field"] = np.bool_(True)
+    data, _ = load_scan(tmp_path / "s", config(tmp_path / "s"))
+    assert data.metadata["far_field"] is True and data.metadata["far_field_check"].startswith("the file says far field")

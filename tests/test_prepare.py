@@ -39,6 +39,8 @@ def test_single_npz_is_split_spatially_with_a_guard_band(tmp_path):
     train_path, test_path, preview = outputs(tmp_path)
     train, test = workflows.prepare(config, train_path, test_path, preview)
     assert train.n_patterns + test.n_patterns < scan.n_patterns  # the guard band drops some
+    dropped = scan.n_patterns - train.n_patterns - test.n_patterns
+    assert train.metadata["guard_band_dropped"] == test.metadata["guard_band_dropped"] == dropped
     assert test.n_patterns == pytest.approx(0.3 * scan.n_patterns, rel=0.25)
     assert train.xcoords.max() + 16 <= test.xcoords.min()  # at least N/2 apart
     np.testing.assert_array_equal(load_dataset(test_path).amplitudes, test.amplitudes)
@@ -89,3 +91,18 @@ def test_the_default_prepared_files_have_the_md5_that_dvc_lock_records(tmp_path)
     workflows.prepare(config, train_path, test_path, preview)
     made = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in (train_path, test_path)}
     assert made == recorded
+
+
+def test_prepare_command_says_how_many_patterns_the_guard_band_dropped(tmp_path, capsys):
+    from ptycho import cli
+
+    scan, _ = simulate_train_test(SMALL)
+    save_dataset(scan, tmp_path / "scan.npz")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"prepare:\n  source: npz\n  N: 32\n  train_file: {tmp_path / 'scan.npz'}\n  test_fraction: 0.3\n")
+    train_path, test_path, preview = outputs(tmp_path / "out")
+    cli.main(["prepare", "--params", str(params), "--train", str(train_path), "--test", str(test_path), "--preview", str(preview)])
+    train, test = load_dataset(train_path), load_dataset(test_path)
+    dropped = scan.n_patterns - train.n_patterns - test.n_patterns
+    assert dropped > 0
+    assert f"({test.n_patterns} patterns; {dropped} dropped by the guard band" in capsys.readouterr().out

@@ -6,11 +6,13 @@ Order (each step recorded in ``metadata``):
    states, else the data are read as amplitudes unless they look like counts (then the input
    check fails: whole-numbered values, see ``checks.count_like``);
 2. intensities I (counts) from them, checked finite and non-negative;
-3. zero frequency to the centre: ``prepare.zero_frequency``, else where the format puts it;
+3. near field refused (``ptycho.io.nearfield``: the file's ``far_field`` flag, else the frames'
+   motion with the scan); zero frequency to the centre: ``prepare.zero_frequency``, else where the format puts it;
    then checked (``checks.zero_frequency_shares``: corners brighter than the centre fails);
 4. detector crop, then binning (``ptycho.io.detector``), with probe, mask, positions and pixel
    sizes transformed alike; ``prepare.N`` must equal the size that results;
-5. masked pixels set to 0; amplitudes A = sqrt(I), float32: the only square root taken;
+5. masked pixels set to 0 (already before step 2: a marker value in a masked pixel never fails a
+   check); amplitudes A = sqrt(I), float32: the only square root taken;
 6. the probe: the file's modes, or an estimate from the mean pattern; its scale checked
    against the counts and, with ``prepare.probe_scale: counts``, scaled to them.
 """
@@ -26,7 +28,7 @@ import numpy as np
 from ptycho.config import DiffractionQuantity, PrepareConfig, ProbeScale, ZeroFrequency
 from ptycho.data import PtychoDataset, validate
 from ptycho.errors import DataError
-from ptycho.io import checks, detector
+from ptycho.io import checks, detector, nearfield
 from ptycho.io.raw import RawScan
 
 
@@ -47,7 +49,7 @@ def _quantity(raw: RawScan, config: PrepareConfig, checker: checks.Checker) -> t
             "set prepare.diffraction_quantity: intensity (photon counts) or amplitude (sqrt of counts)",
         )
         return "amplitude", f"not stated, read as amplitude although count-like ({reason})"
-    peak = float(np.max(raw.patterns))
+    peak = float(np.max(raw.patterns if raw.mask is None else raw.patterns[:, np.asarray(raw.mask, dtype=bool)], initial=0.0))
     if peak > checks.LARGE_AMPLITUDE:
         checker.warn(
             raw.pattern_key,
@@ -133,16 +135,26 @@ def _intensities(raw: RawScan, config: PrepareConfig, checker: checks.Checker) -
     if raw.xcoords.shape != (patterns.shape[0],) or raw.ycoords.shape != (patterns.shape[0],):
         raise _error(source, "xcoords", f"{raw.xcoords.shape[0]} positions for {patterns.shape[0]} patterns")
 
+    mask = None if raw.mask is None else np.asarray(raw.mask, dtype=bool)
+    if mask is not None and mask.shape != patterns.shape[-2:]:
+        raise _error(source, "mask", f"shape {mask.shape} does not match the {patterns.shape[-2]} x {patterns.shape[-1]} patterns")
     quantity, origin = _quantity(raw, config, checker)
     values = patterns.astype(np.float32)  # float32 holds counts below 2**24 exactly; half the memory of float64
+    if mask is not None:
+        # Masked pixels hold no measurement (often -1, 1e9 or NaN as a marker): zero them before any
+        # check, so that a marker cannot fail a check (or ask to mask a pixel that already is).
+        values[:, ~mask] = 0.0
     _check_values(values, source, key, quantity)
     intensities = values if quantity == "intensity" else np.square(values)
     metadata["diffraction_quantity_origin"] = f"{quantity}: {origin}"
     if quantity == "intensity":
         metadata["converted_from"] = "intensity"
+
+    # Near field cannot be reconstructed here: the file's flag, else the frames' motion (ptycho.io.nearfield).
+    metadata.update(nearfield.check(raw.metadata.get("far_field"), intensities, raw.xcoords, raw.ycoords, mask, checker, key))
     return _Scan(
         intensities=intensities,
-        mask=None if raw.mask is None else np.asarray(raw.mask, dtype=bool),
+        mask=mask,
         probe=None if raw.probe is None else np.asarray(raw.probe, dtype=np.complex64),
         xcoords=raw.xcoords.astype(np.float64),
         ycoords=raw.ycoords.astype(np.float64),

@@ -7,11 +7,20 @@ incoherent modes (optional: estimated when absent); ``objectGuess``, ``scan_inde
 ``metadata`` JSON (its ``diffraction_quantity`` says counts or amplitudes); ``mask`` (N, N)
 bool, True = valid, or ptychodus's ``bad_pixels`` (N, N), True = bad.
 
-Conventions: the patterns are taken as centred (checked); positions are used as they are.
-ptychodus's export writes raw counts in ``diff3d`` with no declaration (the count check then
-asks for ``prepare.diffraction_quantity: intensity``) and the positions twice, as
-``xcoords``/``ycoords`` and ``xcoords_start``/``ycoords_start``: PtychoPINN's ``*_start`` keys
-are not used here, which is reported when they differ from ``xcoords``/``ycoords``.
+Conventions: the patterns are taken as centred (checked); positions are used as they are,
+except in ptychodus's export (below). ptychodus's export writes raw counts in ``diff3d`` with no
+declaration (the count check then asks for ``prepare.diffraction_quantity: intensity``) and the
+positions twice, as ``xcoords``/``ycoords`` and ``xcoords_start``/``ycoords_start``:
+PtychoPINN's ``*_start`` keys are not used here, which is reported when they differ from
+``xcoords``/``ycoords``.
+
+ptychodus's "PtychoPINN export" (``ptychodus.api.io.save_ptychopinn_training_data``, 1.7.0)
+writes x = (x_m - center_x_m) / pixel_width_m + (W - 1)/2, ptychodus's object-pixel coordinate
+whose window starts at x - (N - 1)/2; here the window's pixel N/2 sits on x (DESIGN.md §2), so
+the same window is at x + 1/2 (as in ``ptycho.io.ptychodus``). Read as is, everything lands
+half a pixel low in x and y. The export is recognised by its keys (``diff3d``, ``bad_pixels``,
+which ptychodus always writes and PtychoPINN never does, and ``xcoords_start`` equal to
+``xcoords``); its positions get + 1/2 in x and y, recorded in ``metadata["positions"]``.
 """
 
 from __future__ import annotations
@@ -82,6 +91,18 @@ def probe_modes(value: np.ndarray, source: str, key: str) -> np.ndarray:
     return probe
 
 
+PTYCHODUS_EXPORT_SHIFT_PX = 0.5
+"""ptychodus's (W - 1)/2 pixel coordinate to ours (module docstring)."""
+
+
+def is_ptychodus_export(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether an NPZ has the keys of ptychodus's PtychoPINN export, with ``*_start`` equal to the positions."""
+    if not {"diff3d", "bad_pixels", "xcoords", "ycoords", "xcoords_start", "ycoords_start"} <= arrays.keys():
+        return False
+    pairs = (("xcoords", "xcoords_start"), ("ycoords", "ycoords_start"))
+    return all(arrays[a].shape == arrays[b].shape and np.array_equal(arrays[a], arrays[b]) for a, b in pairs)
+
+
 def read(path: Path, config: PrepareConfig) -> RawScan:
     """Read an NPZ scan (module docstring) without converting anything."""
     source = str(path)
@@ -110,6 +131,13 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
             ))
         else:
             metadata["xcoords_start"] = "equal to xcoords/ycoords (not used)"
+
+    if is_ptychodus_export(arrays):
+        xcoords, ycoords = xcoords + PTYCHODUS_EXPORT_SHIFT_PX, ycoords + PTYCHODUS_EXPORT_SHIFT_PX
+        metadata["positions"] = (
+            "ptychodus PtychoPINN export (diff3d, bad_pixels, *_start = positions): x = xcoords + 1/2, "
+            "y = ycoords + 1/2 (ptychodus's (W - 1)/2 pixel coordinate to the window centre)"
+        )
 
     mask = None
     if "mask" in arrays and "bad_pixels" in arrays:

@@ -41,6 +41,7 @@ from ptycho.config import PrepareConfig
 from ptycho.npzfile import read_npz
 from ptycho.errors import DataError
 from ptycho.io import hdf5, safety, units
+from ptycho.io.product import PAIRED_DIFFRACTION_SUFFIX, paired_diffraction_path
 from ptycho.io.raw import Finding, RawScan
 
 PRODUCT_NAMES = ("product.h5", "product.npz")
@@ -57,13 +58,27 @@ def scan_files(path: Path) -> tuple[Path, Path]:
         product = products[0]
     else:
         product = safety.regular_file(path)
-    diffraction = product.parent / DIFFRACTION_NAME
-    if product.name == DIFFRACTION_NAME:
-        raise DataError(f"{path}: give the product file (or the folder), not {DIFFRACTION_NAME}")
-    if not diffraction.exists():
-        raise DataError(f"{diffraction}: file not found (the diffraction patterns that go with {product})")
-    safety.regular_file(diffraction)
-    return product, diffraction
+    if product.name == DIFFRACTION_NAME or product.name.endswith(PAIRED_DIFFRACTION_SUFFIX):
+        raise DataError(f"{path}: give the product file (or the folder), not its diffraction file")
+    # the file written beside this product (an export of ours) wins over the folder's diffraction.h5
+    candidates = (paired_diffraction_path(product), product.parent / DIFFRACTION_NAME)
+    for diffraction in candidates:
+        if diffraction.exists():
+            return product, safety.regular_file(diffraction)
+    raise DataError(
+        f"{candidates[-1]}: file not found (the diffraction patterns that go with {product}; "
+        f"also looked for {candidates[0].name})"
+    )
+
+
+def _far_field(value: Any, source: str) -> bool | None:
+    """ptychodus's ``far_field`` flag (1.7.0; absent before, which ptychodus reads as True), or None when absent."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "biu":
+        raise DataError(f"{source}: key 'far_field': expected a boolean, found {array.dtype} of shape {array.shape}")
+    return bool(array.reshape(()))
 
 
 def _product_h5(path: Path) -> dict[str, Any]:
@@ -82,6 +97,8 @@ def _product_h5(path: Path) -> dict[str, Any]:
         object_attrs = dict(object_item.attrs)
         probe_attrs = dict(probe_item.attrs)
         return {
+            "nominal_geometry": str(attrs.get("ptycho_nominal_geometry", "[]")),  # our own exports say which units are nominal
+            "far_field": _far_field(attrs.get("far_field"), source),
             "energy_ev": hdf5.scalar(energy, source, "photon_energy_eV"),
             "distance_m": hdf5.scalar(attrs["detector_object_distance_m"], source, "detector_object_distance_m"),
             "indexes": hdf5.dataset(h5, "probe_position_indexes", source),
@@ -105,6 +122,7 @@ def _product_npz(path: Path) -> dict[str, Any]:
         if key not in arrays:
             raise DataError(f"{source}: key '{key}': missing")
     return {
+        "far_field": _far_field(arrays.get("far_field"), source),
         "energy_ev": hdf5.scalar(energy, source, "photon_energy_eV"),
         "distance_m": hdf5.scalar(arrays["detector_object_distance_m"], source, "detector_object_distance_m"),
         "indexes": arrays["probe_position_indexes"],
@@ -217,6 +235,8 @@ def read(path: Path, config: PrepareConfig) -> RawScan:
     metadata: dict[str, Any] = {
         **unit_keys,
         "source_format": "ptychodus",
+        **({"far_field": product["far_field"]} if product["far_field"] is not None else {}),
+        **({"nominal_geometry": product["nominal_geometry"]} if product.get("nominal_geometry", "[]") != "[]" else {}),
         "positions": "x = (x_m - center_x_m) / pixel_width_m + W/2 (ptychodus 1.7.0's (W - 1)/2 pixel plus its half-pixel window centre)",
         "position_offset_m": [center_x - width / 2 * pixel_width, center_y - height / 2 * pixel_height],
     }

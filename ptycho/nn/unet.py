@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ptycho import physics
 from ptycho.iterative.weights import rpie_weight
+from ptycho.nn.cnn import padding_to_multiple
 
 PROJECTION_ITERATIONS = 4
 RPIE_ALPHA = 0.05
@@ -36,7 +37,12 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Three-level U-Net (B, in, S, S) -> (B, out, S, S); S divisible by 4."""
+    """U-Net (B, in, S, S) -> (B, out, S, S) for any even S.
+
+    With L levels the side must be a multiple of 2**(L - 1): the input is zero-padded to the
+    next one and the output cropped back to the same pixels (nothing changes where S already
+    is one, so the weights are those of the unpadded network).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, widths: list[int]):
         super().__init__()
@@ -54,8 +60,10 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        side = inputs.shape[-1]
+        before, after = padding_to_multiple(side, 2 ** (len(self.downs) - 1))
+        features = F.pad(inputs, (before, after, before, after)) if before or after else inputs
         skips = []
-        features = inputs
         for level, down in enumerate(self.downs):
             features = down(features)
             if level < len(self.downs) - 1:
@@ -63,7 +71,7 @@ class UNet(nn.Module):
                 features = F.max_pool2d(features, 2)
         for upsample, up in zip(self.upsamples, self.ups):
             features = up(torch.cat([upsample(features), skips.pop()], dim=1))
-        return self.head(features)
+        return self.head(features)[..., before : before + side, before : before + side]
 
 
 class Projection(nn.Module):
