@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--repeats", type=_positive, default=5, help="runs per timing; the median is reported")
     timing.add_argument("--max-iterations", type=_positive, default=300)
     timing.set_defaults(run=_timing)
+
+    from ptycho.benchmarks import scale  # light: its heavy imports are inside its functions
+
+    sized = modes.add_parser("scale", help="patterns/s of infer (synchronisation and stitching included), peak memory, "
+                             "and rPIE's cost per sweep, at 1k / 10k / 50k synthetic positions")
+    scale.add_arguments(sized)
+    sized.set_defaults(run=lambda args: scale.run(args))
     return parser
 
 
