@@ -53,7 +53,7 @@ def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
         raise BundleError(f"{path}: member 'config.json' lacks model.n_neighbours, needed to group positions ({error})") from error
 
 
-def native_bf16(device: torch.device) -> tuple[bool, str]:
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[bool, str]:
     """(whether ``device`` computes bfloat16 natively, why): CUDA from compute capability 8 (torch's
     own query); a CPU with AMX-BF16 or AVX512-BF16 (its /proc/cpuinfo flags: torch's CPU kernels use
     them through oneDNN; without them bf16 is emulated and slower than fp32)."""
@@ -61,18 +61,18 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
         supported = torch.cuda.is_bf16_supported()
         return supported, f"torch.cuda.is_bf16_supported() is {supported}"
     try:
-        flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
     except OSError:
-        return False, "no /proc/cpuinfo to read the CPU's flags"
+        return False, f"no {cpuinfo} to read the CPU's flags"
     found = sorted(flags & {"amx_bf16", "avx512_bf16"})
     return bool(found), f"CPU flags {', '.join(found)}" if found else "the CPU has neither amx_bf16 nor avx512_bf16"
 
 
-def resolve_precision(precision: InferPrecision, device: torch.device) -> tuple[InferPrecision, str]:
+def resolve_precision(precision: InferPrecision, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[InferPrecision, str]:
     """(fp32 or bf16, why): ``auto`` is bf16 where ``device`` has it natively (``native_bf16``), else fp32."""
     if precision is not InferPrecision.AUTO:
         return precision, f"infer.precision: {precision.value}"
-    native, why = native_bf16(device)
+    native, why = native_bf16(device, cpuinfo)
     return (InferPrecision.BF16 if native else InferPrecision.FP32), f"auto: {why}"
 
 
@@ -100,7 +100,7 @@ def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndar
         chosen = order[start : start + batch_size]
         indices = groups.indices[chosen]
         amplitudes, offsets = grouped_tensors(data.amplitudes, groups, chosen)
-        amplitudes, offsets = amplitudes.to(device), offsets.to(device)
+        amplitudes, offsets = amplitudes.to(device, memory_format=torch.channels_last), offsets.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             patches = bundle.diffraction_to_obj(amplitudes, offsets)
         patches = patches.to(torch.complex64).reshape(-1, size, size).cpu()
@@ -172,7 +172,10 @@ def reconstruct(
     corners = np.empty((count, 2), dtype=np.int64)
     device = resolve_device(config.device)
     precision, _ = resolve_precision(config.precision, device)
-    network = bundle.diffraction_to_obj.to(device).eval()
+    # Channels-last (NHWC): oneDNN's fast path for convolutions and max-pooling on the CPU. Measured
+    # at N = 28, one thread, batches of 64: 350 us per pattern NCHW fp32, 248 NCHW bf16, 239 NHWC fp32,
+    # 95 NHWC bf16 (NCHW max-pooling alone cost as much as the convolutions).
+    network = bundle.diffraction_to_obj.to(device=device, memory_format=torch.channels_last).eval()
     try:
         with torch.inference_mode():
             for patches, xcoords, ycoords in _batches(bundle, data, groups, order, config.batch_size, precision is InferPrecision.BF16, device):
@@ -189,6 +192,6 @@ def reconstruct(
                 stitcher.add_values(values.read(start, stop), corners[start:stop], None if phases is None else phases[start:stop])
     finally:
         values.close()
-        network.to("cpu")
+        network.to(device="cpu", memory_format=torch.contiguous_format)
     obj, coverage = stitcher.result()
     return Reconstruction(obj, origin, coverage, method="pinn", probe=bundle.probe)
