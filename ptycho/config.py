@@ -92,6 +92,7 @@ class PhaseSync(str, enum.Enum):
 
 
 class InferPrecision(str, enum.Enum):
+    AUTO = "auto"  # bf16 where the CPU (or GPU) computes it natively, else fp32 (``ptycho.inference.resolve_precision``)
     FP32 = "fp32"  # the network in float32 (reproducible to the bit on one machine)
     BF16 = "bf16"  # bfloat16 autocast: about 2x faster on CPUs with native bf16 (AVX512-BF16, AMX), much slower without
 
@@ -112,6 +113,10 @@ class Schedule(str, enum.Enum):
 class Algorithm(str, enum.Enum):
     EPIE = "epie"
     RPIE = "rpie"
+
+
+AUTO = "auto"
+"""The one string value of ``prepare.detector_crop_px`` (an integer otherwise)."""
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -166,7 +171,8 @@ class PrepareConfig(Section):
     pattern_order: PatternOrder = PatternOrder.AUTO
     zero_frequency: ZeroFrequency = ZeroFrequency.AUTO
     cxi_translation: CxiTranslation = CxiTranslation.PROBE
-    detector_crop_px: int = 0  # centred crop of the patterns to this size, px (0 = none)
+    detector_crop_px: int | str | None = "auto"  # centred crop of the patterns to this size, px; "auto": the smallest keeping detector_crop_share (none when binning); 0 or null: none
+    detector_crop_share: float = 0.99999  # detector_crop_px: auto keeps this share of the mean pattern's counts
     detector_bin: int = 1  # b x b binning of the (cropped) detector (1 = none)
     probe_scale: ProbeScale = ProbeScale.FILE
     probe_refinement_sweeps: int = 0  # rPIE sweeps with probe update on the training scan; its probe replaces the file's (0 = keep)
@@ -195,8 +201,9 @@ class PrepareConfig(Section):
         _require(0.0 < self.test_fraction < 1.0, "prepare.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         if self.source is not Source.SIMULATE:
             _require(bool(self.train_file), "prepare.train_file", f"is required when source is '{self.source.value}'")
-        _require(self.detector_crop_px == 0 or (self.detector_crop_px >= 16 and self.detector_crop_px % 2 == 0),
-                 "prepare.detector_crop_px", f"must be 0 (no crop) or an even number >= 16, got {self.detector_crop_px}")
+        _require(self.detector_crop_px in (0, AUTO) or (self.detector_crop_px >= MIN_PATTERN_SIZE and self.detector_crop_px % 2 == 0),
+                 "prepare.detector_crop_px", f"must be auto, 0 or null (no crop), or an even number >= {MIN_PATTERN_SIZE}, got {self.detector_crop_px}")
+        _require(0.5 <= self.detector_crop_share <= 1.0, "prepare.detector_crop_share", f"must be in [0.5, 1], got {self.detector_crop_share}")
         _require(self.detector_bin >= 1, "prepare.detector_bin", f"must be >= 1, got {self.detector_bin}")
         _require(0 <= self.probe_refinement_sweeps <= 10_000, "prepare.probe_refinement_sweeps",
                  f"must be in [0, 10000] (0 = keep the file's probe), got {self.probe_refinement_sweeps}")
@@ -313,10 +320,13 @@ class InferConfig(Section):
     batch_size: int = 64  # groups per forward pass
     seed: int = 1  # grouping of the test positions (gridsize > 1)
     phase_sync: PhaseSync = PhaseSync.ANGULAR  # how the free phase offset of each patch is removed
-    precision: InferPrecision = InferPrecision.FP32  # arithmetic of the network's forward pass
+    precision: InferPrecision = InferPrecision.AUTO  # arithmetic of the network's forward pass
+    device: str = "cpu"  # where the network runs: cpu, cuda, cuda:1 ... (stitching and synchronisation stay on the CPU)
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.device == "cpu" or self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+                 "infer.device", f"must be cpu, cuda or cuda:<index>, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -435,6 +445,14 @@ def coerce(where: str, annotation: Any, value: Any, *, from_yaml: bool = True) -
         if not math.isfinite(number):
             raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return number
+    if annotation == (int | str | None):  # prepare.detector_crop_px: auto, a number of pixels, or null (= 0)
+        if value is None:
+            return 0
+        if isinstance(value, str) and value == AUTO:
+            return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"{where}: expected auto, an integer or null, got {value!r}")
+        return int(value)
     if annotation is str:
         if isinstance(value, bool) or not isinstance(value, (str, int) if from_yaml else str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -70,10 +70,13 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
         from ptycho.simulate import simulate_train_test
 
         train, test = simulate_train_test(config)
+        train, test = crop_simulated(train, test, config)
     elif config.test_file:
         from ptycho.io import load_scan
 
         train, factor = load_scan(config.train_file, config)
+        if config.detector_crop_px == "auto":  # one instrument: the test file gets the training file's crop
+            config = dataclasses.replace(config, detector_crop_px=train.pattern_size if train.pattern_size < config.N else 0, N=train.pattern_size)
         # The probe scale is measured on the training file and reused (DESIGN.md §2).
         test, _ = load_scan(config.test_file, config, probe_scale_factor=factor)
     else:
@@ -91,6 +94,18 @@ def prepare(config: PrepareConfig, train_path: str | Path, test_path: str | Path
     save_dataset(test, test_path)
     figures.dataset_preview(train, preview_path, f"training data ({config.source.value})")
     return train, test
+
+
+def crop_simulated(train: PtychoDataset, test: PtychoDataset, config: PrepareConfig) -> tuple[PtychoDataset, PtychoDataset]:
+    """Both simulated scans cropped by ``prepare.detector_crop_px`` (auto: decided on the training
+    scan's mean pattern), reference objects resampled with them (``ptycho.io.detector``)."""
+    from ptycho.io import detector
+
+    if not config.detector_crop_px:
+        return train, test
+    mean = np.mean(np.square(train.amplitudes, dtype=np.float64), axis=0)
+    crop, why = detector.chosen_crop(mean, config.detector_crop_px, config.detector_crop_share)
+    return detector.crop_dataset(train, crop, why), detector.crop_dataset(test, crop, why)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +218,10 @@ def infer(
     from ptycho import figures
     from ptycho.bundle import load_bundle
     from ptycho.data import pixel_size_of
-    from ptycho.inference import reconstruct
+    from ptycho.inference import reconstruct, resolve_device, resolve_precision
     from ptycho.reconstruction import save_reconstruction
 
+    precision, why = resolve_precision(config.precision, resolve_device(config.device))
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
     reconstruction = reconstruct(bundle, test_data, config, bundle_path)
@@ -218,7 +234,8 @@ def infer(
 
         write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
-    stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns}
+    stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns,
+             "precision": precision.value, "precision_reason": why, "device": config.device}
     write_atomically(stats_path, json_bytes(stats))
     return reconstruction
 

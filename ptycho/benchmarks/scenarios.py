@@ -73,6 +73,7 @@ def sized(size: Size | str, prepare: PrepareConfig, evaluate: EvaluateConfig) ->
             half = dataclasses.replace(
                 prepare, N=prepare.N // 2, train_object_px=prepare.train_object_px // 2, test_object_px=prepare.test_object_px // 2,
                 probe_diameter_px=prepare.probe_diameter_px / 2, feature_px=prepare.feature_px / 2, jitter_px=prepare.jitter_px / 2,
+                detector_crop_px=0,  # halving is already the coarser sampling; an auto crop would halve it again
             )
             return half, dataclasses.replace(evaluate, margin_px=evaluate.margin_px // 2)
         case other:

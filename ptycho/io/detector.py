@@ -11,7 +11,14 @@ frequency at [N/2, N/2]); positions are in object pixels.
   and ifft2(., "ortho") on N' x N' gives P'[c'] = (N / N') P(c' N / N') for a probe whose far
   field lies inside the crop, so probe pixel N'/2 sits where pixel N/2 was, and
   |F(P' O')| on the cropped detector equals the cropped |F(P O)|: the amplitudes keep their
-  scale. A reference object would need the same resampling; it is dropped (stated).
+  scale. A reference object is resampled the same way (``fourier_resample_object``: its
+  spectrum cut to the same band, O'[c'] = O(c' N / N'), no amplitude factor), so that
+  simulating with P', O' and the scaled positions gives the cropped patterns (exactly when
+  the exit waves' spectra lie inside the crop; tests/test_io_detector.py) and ``evaluate``
+  scores against the truth on the coarser grid.
+- **Automatic crop** (``auto_crop_size``): the smallest even centred crop that keeps a set share
+  of the mean pattern's counts; what lies outside is mostly noise at the default dose, and the
+  network's cost falls with the square of the pattern size.
 - **Bin** b x b (sum of intensities over blocks [b i, b i + b)): the detector pixel grows by b,
   the object pixel is unchanged and the object window shrinks to N/b pixels; positions are
   unchanged. The summed counts are the far field of the exit wave cut to the central N/b window,
@@ -26,7 +33,12 @@ frequency at [N/2, N/2]); positions are in object pixels.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
+
+from ptycho.data import MIN_PATTERN_SIZE, PtychoDataset
 
 
 def centred_slice(size: int, new_size: int) -> slice:
@@ -63,6 +75,38 @@ def fourier_crop_probe(probe: np.ndarray, new_size: int) -> np.ndarray:
     return np.fft.ifft2(np.fft.ifftshift(kept, axes=(-2, -1)), norm="ortho").astype(np.complex64)
 
 
+def fourier_resample_object(obj: np.ndarray, size: int, new_size: int) -> np.ndarray:
+    """(H, W) -> (H', W') band-limited resampling at k = size / new_size times the pixel size.
+
+    O'[c'] = O(c' k) (spatial origin at index 0, as ``fourier_crop_probe``), by keeping the
+    centred H' x W' block of the spectrum of the object's first H' k x W' k pixels, with H' the
+    largest side for which H' k is a whole number of pixels (the dropped last rows and columns
+    hold no coarse pixel centre that a whole grid would need). No N/N' factor: an object is a
+    transmission, and its mean is kept.
+    """
+    step = new_size // math.gcd(size, new_size)  # H' must be a multiple of this for H' k to be whole
+    height, width = ((side * new_size // size) // step * step for side in obj.shape)
+    trimmed = obj[: height * size // new_size, : width * size // new_size]
+    spectrum = np.fft.fftshift(np.fft.fft2(trimmed))
+    kept = spectrum[centred_slice(trimmed.shape[0], height), centred_slice(trimmed.shape[1], width)]
+    return (np.fft.ifft2(np.fft.ifftshift(kept)) * (height * width / trimmed.size)).astype(np.complex64)
+
+
+def auto_crop_size(mean_intensity: np.ndarray, share: float, minimum: int) -> tuple[int, float]:
+    """(smallest even centred crop side >= ``minimum`` holding ``share`` of the counts of the
+    mean pattern (N, N), the share it holds); N itself when no smaller crop does."""
+    size = mean_intensity.shape[-1]
+    total = float(np.sum(mean_intensity, dtype=np.float64))
+    if total <= 0:
+        return size, 1.0
+    for crop in range(max(minimum, 2), size, 2):
+        window = centred_slice(size, crop)
+        kept = float(np.sum(mean_intensity[window, window], dtype=np.float64)) / total
+        if kept >= share:
+            return crop, kept
+    return size, 1.0
+
+
 def central_window(probe: np.ndarray, new_size: int) -> tuple[np.ndarray, float]:
     """(K, N, N) -> ((K, N', N') central window, share of sum |P|^2 outside it)."""
     size = probe.shape[-1]
@@ -85,3 +129,50 @@ def probe_from_patterns(intensities: np.ndarray, mask: np.ndarray | None) -> np.
         mean = np.where(mask, mean, 0.0)
     field = np.fft.ifft2(np.fft.ifftshift(np.sqrt(mean)), norm="ortho")
     return np.fft.fftshift(field)[None].astype(np.complex64)
+
+
+def crop_dataset(data: PtychoDataset, crop: int, why: str) -> PtychoDataset:
+    """A scan whose patterns are centred-cropped to ``crop`` px, with its probe modes, mask,
+    positions, pixel size and reference object on the coarser object grid (module docstring).
+
+    For scans already in memory (the simulation); files are cropped while they are ingested
+    (``ptycho.io.ingest``), by the same functions. ``why`` is recorded in the metadata.
+    """
+    size = data.pattern_size
+    if crop == size:
+        return data
+    scale = crop / size
+    modes = fourier_crop_probe(data.all_probe_modes, crop)
+    metadata = dict(data.metadata)
+    if "object_pixel_size_m" in metadata:
+        metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
+    metadata["detector_crop_px"] = crop_record(size, crop, why, data.object is not None)
+    return dataclasses.replace(
+        data,
+        amplitudes=crop_patterns(np.asarray(data.amplitudes), crop),
+        xcoords=data.xcoords * scale,
+        ycoords=data.ycoords * scale,
+        probe=np.ascontiguousarray(modes[0]),
+        probe_modes=modes if len(modes) > 1 else None,
+        object=None if data.object is None else fourier_resample_object(data.object, size, crop),
+        mask=None if data.mask is None else crop_patterns(data.mask, crop),
+        metadata=metadata,
+    )
+
+
+def crop_record(size: int, crop: int, why: str, has_object: bool) -> str:
+    """The metadata line of a crop: sizes, what moved, why this size."""
+    resampled = ", reference object Fourier-resampled" if has_object else ""
+    return (f"{size} -> {crop} ({why}): object pixels x {size / crop:g}, positions x {crop / size:g}, "
+            f"probe Fourier-cropped{resampled}")
+
+
+def chosen_crop(mean_intensity: np.ndarray, setting: int | str, share: float) -> tuple[int, str]:
+    """(crop side, why) for ``prepare.detector_crop_px`` = ``setting`` (auto, or pixels; 0 = none)."""
+    size = mean_intensity.shape[-1]
+    if setting == "auto":
+        crop, kept = auto_crop_size(mean_intensity, share, MIN_PATTERN_SIZE)
+        return crop, f"auto: keeps {100 * kept:.4f} % of the mean pattern's counts, detector_crop_share {share:g}"
+    if setting:
+        return int(setting), "prepare.detector_crop_px"
+    return size, "none"

@@ -9,8 +9,9 @@ Order (each step recorded in ``metadata``):
 3. near field refused (``ptycho.io.nearfield``: the file's ``far_field`` flag, else the frames'
    motion with the scan); zero frequency to the centre: ``prepare.zero_frequency``, else where the format puts it;
    then checked (``checks.zero_frequency_shares``: corners brighter than the centre fails);
-4. detector crop, then binning (``ptycho.io.detector``), with probe, mask, positions and pixel
-   sizes transformed alike; ``prepare.N`` must equal the size that results;
+4. detector crop, then binning (``ptycho.io.detector``), with probe, mask, positions, pixel
+   sizes and reference object transformed alike; ``prepare.N`` must equal the size that results
+   (with ``detector_crop_px: auto``, the size before the crop, which the data decide);
 5. masked pixels set to 0 (already before step 2: a marker value in a masked pixel never fails a
    check); amplitudes A = sqrt(I), float32: the only square root taken;
 6. the probe: the file's modes, or an estimate from the mean pattern; its scale checked
@@ -191,26 +192,34 @@ def _crop_and_bin(scan: _Scan, raw: RawScan, config: PrepareConfig, checker: che
     returns N, which must equal ``prepare.N``."""
     source, key, metadata = raw.source, raw.pattern_key, scan.metadata
     height, width = scan.intensities.shape[-2:]
-    if config.detector_crop_px:
-        crop = config.detector_crop_px
+    size_before_crop = height
+    auto = config.detector_crop_px == "auto"
+    if auto and config.detector_bin > 1:
+        metadata["detector_crop_px"] = "auto: none, the patterns are binned (prepare.detector_bin); give a crop in px to crop them too"
+    elif config.detector_crop_px:
+        if height != width:
+            raise _error(source, key, f"cropping {height} x {width} patterns is not supported; they must be square")
+        if auto and height != config.N:
+            raise _error(source, key, f"patterns are {height} x {height} px but prepare.N = {config.N} (with detector_crop_px: auto, "
+                         f"N is the size before the crop); set prepare.N: {height}")
+        mean = np.mean(scan.intensities, axis=0, dtype=np.float64)
+        crop, why = detector.chosen_crop(mean if scan.mask is None else np.where(scan.mask, mean, 0.0), config.detector_crop_px, config.detector_crop_share)
         if crop > min(height, width):
             raise _error(source, key, f"prepare.detector_crop_px = {crop} exceeds the {height} x {width} patterns")
         if scan.probe is not None and scan.probe.shape[-2:] != (height, width):
             raise _error(source, "probe", f"probe {scan.probe.shape[-2:]} differs from the {height} x {width} patterns")
-        if height != width:
-            raise _error(source, key, f"cropping {height} x {width} patterns is not supported; they must be square")
-        scale = crop / height
-        scan.intensities = detector.crop_patterns(scan.intensities, crop)
-        scan.mask = None if scan.mask is None else detector.crop_patterns(scan.mask, crop)
-        scan.probe = None if scan.probe is None else detector.fourier_crop_probe(scan.probe, crop)
-        scan.xcoords, scan.ycoords = scan.xcoords * scale, scan.ycoords * scale
-        if "object_pixel_size_m" in metadata:
-            metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
-        if scan.object is not None:
-            scan.object = None
-            metadata["reference_object"] = "dropped: the crop changed the object pixel size"
-        metadata["detector_crop_px"] = f"{height} -> {crop}: object pixels x {height / crop:g}, positions x {scale:g}, probe Fourier-cropped"
-        height = width = crop
+        if crop < height:
+            scale = crop / height
+            scan.intensities = detector.crop_patterns(scan.intensities, crop)
+            scan.mask = None if scan.mask is None else detector.crop_patterns(scan.mask, crop)
+            scan.probe = None if scan.probe is None else detector.fourier_crop_probe(scan.probe, crop)
+            scan.xcoords, scan.ycoords = scan.xcoords * scale, scan.ycoords * scale
+            if "object_pixel_size_m" in metadata:
+                metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
+            if scan.object is not None:
+                scan.object = detector.fourier_resample_object(np.asarray(scan.object), height, crop)
+            metadata["detector_crop_px"] = detector.crop_record(height, crop, why, scan.object is not None)
+            height = width = crop
     if height != width:
         raise _error(source, key, f"patterns are {height} x {width}; crop them to a square with prepare.detector_crop_px")
     size = height
@@ -236,7 +245,7 @@ def _crop_and_bin(scan: _Scan, raw: RawScan, config: PrepareConfig, checker: che
         metadata["detector_bin"] = f"{factor} x {factor}: {size} -> {binned} px, object pixel unchanged, probe cut to its central window (lost {100 * lost:.2f} % of sum |P|^2)"
         size = binned
 
-    if size != config.N:
+    if size != config.N and not (auto and config.detector_bin == 1 and size_before_crop == config.N):
         raise _error(
             source, key,
             f"patterns are {size} x {size} px (after crop/bin) but prepare.N = {config.N}; set prepare.N: {size}, "
