@@ -58,10 +58,11 @@ from ptycho.archive import check_declared_size, checked_infos, is_plain_name, op
 from ptycho.data import MIN_PATTERN_SIZE
 from ptycho.errors import BundleError
 from ptycho.files import write_atomically, zip_member
+from ptycho.grouping import GROUPINGS
 from ptycho.model import AMPLITUDE_ACTIVATIONS, NETWORK_NAMES, Architecture, build_models
 
 FORMAT = "ptycho-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 BACKEND = "pytorch"
 MODEL_NAMES = ("autoencoder", "diffraction_to_obj")
 
@@ -264,11 +265,12 @@ class Allowed:
 # (tests/test_bundle.py checks that every field has a row).
 ARCHITECTURE_LIMITS: dict[str, Allowed] = {
     "N": Allowed(MIN_PATTERN_SIZE, 1024, step=2),
-    "gridsize": Allowed(1, 2),
+    "gridsize": Allowed(1, 3),
     "n_filters_scale": Allowed(0.0, 16.0, above=True),
     "network": Allowed(choices=NETWORK_NAMES),
     "window_px": Allowed(0, 1024, step=2),  # 0 = N/2; Architecture checks N/2 <= w <= N
     "amplitude_activation": Allowed(choices=AMPLITUDE_ACTIVATIONS),
+    "grouping": Allowed(choices=GROUPINGS),  # format 3; older bundles: "random"
 }
 
 # Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a

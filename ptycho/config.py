@@ -222,8 +222,9 @@ class ModelConfig(Section):
     """`model:` section: the network and how scan positions are grouped."""
 
     SECTION: ClassVar[str] = "model"
-    gridsize: int = 1  # C = gridsize**2 patterns per group (1 or 2)
-    n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
+    gridsize: int = 1  # C = gridsize**2 patterns per group (1, 2; 3 with the canonical grouping)
+    n_neighbours: int = 7  # random grouping: K nearest neighbours a group is drawn from (K >= C)
+    grouping: str = "random"  # random | canonical (ptycho.grouping: fixed template, offsets seen by the network)
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     architecture: str = "cnn"  # backbone, one of ptycho.nn.NAMES
     window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
@@ -233,7 +234,11 @@ class ModelConfig(Section):
 
         _require(self.architecture in NAMES, "model.architecture", f"allowed values are {list(NAMES)}; got {self.architecture!r}")
         _require(0.5 <= self.window_share <= 1.0, "model.window_share", f"must be in [0.5, 1], got {self.window_share}")
-        _require(self.gridsize in (1, 2), "model.gridsize", f"allowed values are 1, 2; got {self.gridsize}")
+        from ptycho.grouping import GROUPINGS
+
+        _require(self.grouping in GROUPINGS, "model.grouping", f"allowed values are {list(GROUPINGS)}; got {self.grouping!r}")
+        sizes = (1, 2, 3) if self.grouping == "canonical" else (1, 2)
+        _require(self.gridsize in sizes, "model.gridsize", f"allowed values with grouping {self.grouping} are {', '.join(map(str, sizes))}; got {self.gridsize}")
         channels = self.gridsize**2
         _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
         _require(self.n_filters_scale > 0, "model.n_filters_scale", f"must be > 0, got {self.n_filters_scale}")
@@ -309,6 +314,7 @@ class InferConfig(Section):
     seed: int = 1  # grouping of the test positions (gridsize > 1)
     phase_sync: PhaseSync = PhaseSync.ANGULAR  # how the free phase offset of each patch is removed
     precision: InferPrecision = InferPrecision.FP32  # arithmetic of the network's forward pass
+    twin_consensus: bool = False  # replace each patch by its twin where that agrees better with its neighbours (ptycho.twin)
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")

@@ -183,3 +183,23 @@ def choose_twins(boxes: torch.Tensor, twin_boxes: torch.Tensor, corners: np.ndar
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
+
+
+def stitched_twin_scores(
+    obj: np.ndarray, truth: np.ndarray, origin: tuple[int, int], xcoords: np.ndarray, ycoords: np.ndarray, probe: np.ndarray,
+) -> dict[str, float]:
+    """``twin_scores`` of a stitched object (H, W) against the truth on the same canvas (H, W), on
+    the N x N patches at the scan positions (object pixels; ``origin`` = (x0, y0) of the canvas).
+
+    A stitched object averages its patches, so a twin patch shows up as a blend with its
+    neighbours there: the blend is the sharper score of a stitched reconstruction."""
+    from ptycho import physics
+
+    probe = torch.from_numpy(np.asarray(probe).astype(np.complex64))
+    size = probe.shape[-1]
+    x = torch.from_numpy(np.asarray(xcoords, dtype=np.float64) - origin[0])
+    y = torch.from_numpy(np.asarray(ycoords, dtype=np.float64) - origin[1])
+    with torch.no_grad():
+        reconstructed = physics.extract_patches(torch.from_numpy(obj.astype(np.complex64)), x, y, size)
+        true_patches = physics.extract_patches(torch.from_numpy(truth.astype(np.complex64)), x, y, size)
+        return twin_scores(reconstructed, true_patches, probe)

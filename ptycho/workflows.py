@@ -206,11 +206,11 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
         )
     architecture = Architecture(
         N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
-        network=model_config.architecture, window_px=window_px,
+        network=model_config.architecture, window_px=window_px, grouping=model_config.grouping,
     )
     groups = make_groups(
         train_data.xcoords, train_data.ycoords, model_config.gridsize, model_config.n_neighbours,
-        np.random.default_rng(train_config.seed),
+        np.random.default_rng(train_config.seed), model_config.grouping,
     )
     amplitudes, offsets = grouped_tensors(train_data.amplitudes, groups)
     torch.manual_seed(train_config.seed)  # the initial weights are part of a reproducible run
@@ -264,7 +264,8 @@ def infer(
 
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
-    reconstruction = reconstruct(bundle, test_data, config, bundle_path)
+    diagnostics: dict = {}
+    reconstruction = reconstruct(bundle, test_data, config, bundle_path, diagnostics=diagnostics)
     seconds = time.perf_counter() - started
     if reconstruction.pixel_size_m is None:
         reconstruction = dataclasses.replace(reconstruction, pixel_size_m=pixel_size_of(test_data))
@@ -274,7 +275,8 @@ def infer(
 
         write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
-    stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns}
+    stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns,
+             **{key: _finite_or_none(round(value, 4)) for key, value in diagnostics.items()}}
     _write_text(stats_path, _json_bytes(stats))
     return reconstruction
 
@@ -346,7 +348,8 @@ def score(
     reconstruction: Reconstruction, data: PtychoDataset, region: np.ndarray | None, config: EvaluateConfig, source: str,
     keep: np.ndarray | None = None,
 ):
-    """All metrics of one reconstruction: against the truth on ``region`` when the data have one,
+    """All metrics of one reconstruction: against the truth on ``region`` when the data have one
+    (with the twin-image scores ``twin.*`` of ``ptycho.twin`` on the patches at positions `keep`),
     and always against the measured diffraction (positions `keep`, see ``data_consistency``).
     Returns (metrics, FRC curve or None)."""
     from ptycho import metrics
@@ -361,6 +364,12 @@ def score(
             remove_phase_ramp=config.remove_phase_ramp, register=config.register,
         )
         results.update(compared)
+        from ptycho.twin import stitched_twin_scores
+
+        scored = scorable_positions(reconstruction, data) if keep is None else np.asarray(keep, dtype=np.int64)
+        results.update(stitched_twin_scores(
+            reconstruction.object, truth, reconstruction.origin, data.xcoords[scored], data.ycoords[scored], data.all_probe_modes,
+        ))
     return results, curve
 
 
@@ -406,6 +415,7 @@ def evaluate(
         if method in stats_paths:
             stats = json.loads(Path(stats_paths[method]).read_text())
             results.update({"wall_time_s": stats["wall_time_s"], "patterns_per_s": stats["patterns_per_s"]})
+            results.update({key: value for key, value in stats.items() if key.startswith("twin.")})  # the network's, no truth needed
         report[method] = results
         if curve is not None:
             curves[method] = curve
