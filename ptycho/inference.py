@@ -133,9 +133,9 @@ def reconstruct(
     if data.pattern_size != size:
         raise DataError(f"test data: key 'diffraction': patterns are {data.pattern_size} px, the model in {bundle_path} expects {size} px")
     gridsize = bundle.architecture.gridsize
-    n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 else 1
     grouping = bundle.architecture.grouping
     seeds_only = grouping == "canonical" and gridsize > 1
+    n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 and not seeds_only else 1
     groups = make_groups(data.xcoords, data.ycoords, gridsize, n_neighbours, np.random.default_rng(config.seed), grouping)
     order = synchronisation.spatial_order(groups.centres_xy)
     origin, shape = canvas_frame(data.xcoords, data.ycoords, size)

@@ -377,9 +377,13 @@ LABELS = {"pinn": "network", "refined": "network + refinement", "baseline": "ite
 
 
 def scores_of(results: dict) -> dict:
-    """One method's metrics without the alignment diagnostics (``alignment.*``, ``region_px``):
+    """One method's metrics without the alignment diagnostics (``alignment.*``, ``DETAIL_KEYS``):
     what ``dvc metrics show`` lists, one row per method."""
-    return {key: value for key, value in results.items() if not key.startswith("alignment.") and key != "region_px"}
+    return {key: value for key, value in results.items() if not key.startswith("alignment.") and key not in DETAIL_KEYS}
+
+
+DETAIL_KEYS = ("region_px", "twin.correlation_true", "twin.correlation_twin", "twin.n_patches", "twin.switched")
+"""Kept in metrics.json, left out of the DVC score files (``dvc metrics show`` stays one screen wide)."""
 
 
 def evaluate(

@@ -567,7 +567,7 @@ def test_root_probe_must_equal_the_models_probe(tmp_path):
 
 @pytest.mark.parametrize(("architecture_json", "words"), [
     ('{"N": 32.0, "gridsize": 1, "n_filters_scale": 0.125}', ("field 'N'", "type int", "32.0")),
-    ('{"N": 32, "gridsize": -1, "n_filters_scale": 0.125}', ("field 'gridsize'", "[1, 2]")),
+    ('{"N": 32, "gridsize": -1, "n_filters_scale": 0.125}', ("field 'gridsize'", "[1, 3]")),
     ('{"N": 32, "gridsize": 1, "n_filters_scale": 20}', ("n_filters_scale", "(0, 16]")),
     ('{"N": 1024, "gridsize": 1, "n_filters_scale": 16}', ("values in model", "more than the 33554432")),
     ('{"N": 33, "gridsize": 1, "n_filters_scale": 0.125}', ("field 'N'", "multiple of 2")),
@@ -710,3 +710,21 @@ def test_every_architecture_round_trips_with_a_wide_window(tmp_path, gridsize):
         outside = torch.ones(N, N, dtype=torch.bool)
         outside[4:28, 4:28] = False  # the 24 px window is centred: rows and columns 4 ... 27
         assert torch.all(expected[..., outside] == 0)
+
+
+@pytest.mark.parametrize("gridsize", [2, 3])
+def test_canonical_grouping_round_trips_with_its_offset_encoding(tmp_path, gridsize):
+    shape = Architecture(N=N, gridsize=gridsize, n_filters_scale=0.125, grouping="canonical")
+    torch.manual_seed(0)
+    autoencoder, diffraction_to_obj = build_models(shape, np.ones((N, N), np.complex64), intensity_scale=2.0)
+    with torch.no_grad():  # a trained encoding (it starts at zero): the offsets change the output
+        diffraction_to_obj.offset_encoding.weight.normal_()
+    save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, shape, extras=EXTRAS)
+    loaded = load_bundle(tmp_path / "wts.h5.zip")
+    assert loaded.architecture == shape and loaded.manifest["format_version"] == 3
+    amplitudes, offsets = inputs(gridsize)
+    diffraction_to_obj.eval()
+    with torch.no_grad():
+        output = loaded.diffraction_to_obj(amplitudes, offsets)
+        assert torch.equal(output, diffraction_to_obj(amplitudes, offsets))
+        assert not torch.allclose(output, loaded.diffraction_to_obj(amplitudes, offsets * 0))

@@ -136,3 +136,21 @@ def test_an_unknown_precision_is_refused():
 
     with pytest.raises(ConfigError, match="infer.precision"):
         InferConfig(precision="fp16")
+
+
+def test_canonical_groups_keep_one_patch_per_pattern_and_twin_consensus_reports_its_diagnostics():
+    data, _ = random_scan_and_bundle(200, 2, extent=(150, 150))
+    architecture = Architecture(32, 2, 0.125, grouping="canonical")
+    torch.manual_seed(0)
+    autoencoder, diffraction_to_obj = build_models(architecture, data.probe, 1.0)
+    bundle = Bundle(autoencoder, diffraction_to_obj, architecture, 1.0, 1.0, data.probe, {}, {})
+    placed = []
+    place = inference.Stitcher.place
+    inference.Stitcher.place, restore = (lambda self, p, x, y: placed.append(len(p)) or place(self, p, x, y)), place
+    try:
+        diagnostics: dict = {}
+        inference.reconstruct(bundle, data, InferConfig(batch_size=64, twin_consensus=True), "bundle", diagnostics=diagnostics)
+    finally:
+        inference.Stitcher.place = restore
+    assert sum(placed) == 2 * 200  # each pattern's seed patch, and its twin
+    assert 0.0 <= diagnostics["twin.switched"] <= 1.0 and 0.0 < diagnostics["twin.consensus"] <= 1.0

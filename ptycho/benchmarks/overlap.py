@@ -2,7 +2,7 @@
 without twin consensus, over several training seeds and three kinds of data.
 
     python -m ptycho.benchmarks.overlap [--data default gaussian foreign] [--variants g1 g2c g3c]
-        [--seeds 1 2 3] [--epochs 30] [--output results/overlap.json] [--folder DIR]
+        [--seeds 1 2 3] [--epochs 30] [--size small|default] [--output results/overlap.json] [--folder DIR]
 
 Data (all small, N = 32, so that a seed grid runs on a laptop; the truth is known for each):
 - ``default``: the params.yaml simulation at the CI's reduced size (N 32, objects 112 / 72 px,
@@ -12,6 +12,9 @@ Data (all small, N = 32, so that a seed grid runs on a laptop; the truth is know
 - ``foreign``: ``tests/foreign_data.py`` (a builder that shares no code with ptycho: disc
   objects, a defocused annular probe, radially symmetric hence centrosymmetric), train and
   test scans of different objects, read through ``prepare.source: npz``.
+
+``network_patches``: the twin scores of the network's own patches before stitching
+(``patch_twin_scores``): where the stitched object hides a minority of twins, these show them.
 
 Variants: ``g1`` gridsize 1; ``g2c`` / ``g3c`` gridsize 2 / 3 with the canonical grouping;
 ``g2r`` gridsize 2 with the random grouping (the first design). Each trained model is inferred
@@ -49,11 +52,12 @@ VARIANTS = {
 KEYS = ("amplitude.ssim", "phase.ssim", "twin.fraction", "twin.blend", "twin.consensus", "twin.switched", "data.r_factor", "wall_time_s")
 
 
-def prepared(kind: str, folder: Path):
-    """(train, test) datasets of one data kind (module docstring)."""
+def prepared(kind: str, folder: Path, size: str = "small"):
+    """(train, test) datasets of one data kind (module docstring); ``size`` "default": the simulated
+    kinds at the params.yaml size (N = 64), not the small one."""
     folder.mkdir(parents=True, exist_ok=True)
     if kind in ("default", "gaussian"):
-        config = dataclasses.replace(PrepareConfig(), **SMALL, probe_kind="gaussian" if kind == "gaussian" else "aperture")
+        config = dataclasses.replace(PrepareConfig(), **(SMALL if size == "small" else {}), probe_kind="gaussian" if kind == "gaussian" else "aperture")
         return workflows.prepare(config, folder / "train.npz", folder / "test.npz", folder / "preview.png")
     if kind == "foreign":
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
@@ -66,16 +70,48 @@ def prepared(kind: str, folder: Path):
     raise SystemExit(f"--data: unknown kind {kind!r}; known: default, gaussian, foreign")
 
 
+def patch_twin_scores(bundle_path: Path, test) -> dict[str, float]:
+    """``twin.twin_scores`` of the network's own patches (each pattern's seed patch, before stitching
+    and phase synchronisation) against the true patches at the test positions, prefixed ``patch.``.
+
+    The stitched object averages some 16 patches per pixel, so a minority of twins hides in it (its
+    twin fraction stays 0); the patches themselves show them."""
+    import torch
+
+    from ptycho import physics, twin
+    from ptycho.bundle import load_bundle
+    from ptycho.grouping import grouped_tensors, make_groups
+
+    bundle = load_bundle(bundle_path)
+    shape = bundle.architecture
+    groups = make_groups(test.xcoords, test.ycoords, shape.gridsize, 7, np.random.default_rng(1), shape.grouping)
+    bundle.diffraction_to_obj.eval()
+    patches = []
+    with torch.inference_mode():
+        for start in range(0, groups.n_groups, 256):
+            amplitudes, offsets = grouped_tensors(test.amplitudes, groups, np.arange(start, min(start + 256, groups.n_groups)))
+            patches.append(bundle.diffraction_to_obj(amplitudes, offsets)[:, 0])
+        seeds = groups.indices[:, 0]
+        truth = physics.extract_patches(torch.from_numpy(test.object.astype(np.complex64)), torch.from_numpy(test.xcoords[seeds]),
+                                        torch.from_numpy(test.ycoords[seeds]), shape.N)
+        # Only patches whose window lies inside the truth (extract_patches pads with zeros).
+        inside = ((test.xcoords[seeds] >= shape.N // 2) & (test.ycoords[seeds] >= shape.N // 2)
+                  & (test.xcoords[seeds] < test.object.shape[1] - shape.N // 2) & (test.ycoords[seeds] < test.object.shape[0] - shape.N // 2))
+        keep = torch.from_numpy(np.flatnonzero(inside))
+        scores = twin.twin_scores(torch.cat(patches)[keep], truth[keep], torch.from_numpy(test.probe.astype(np.complex64)))
+    return {f"patch.{key}": (round(value, 4) if isinstance(value, float) else value) for key, value in scores.items()}
+
+
 def picked(report: dict) -> dict:
     return {key: (round(report[key], 4) if isinstance(report.get(key), float) else report.get(key)) for key in KEYS}
 
 
-def run(kinds, variants, seeds, epochs: int, folder: Path, on_record) -> None:
+def run(kinds, variants, seeds, epochs: int, folder: Path, on_record, size: str = "small") -> None:
     """Every (data, variant, seed) in ``folder``; ``on_record`` gets each record as it is made."""
-    evaluate = EvaluateConfig(margin_px=2)
+    evaluate = EvaluateConfig(margin_px=2 if size == "small" else 4)
     for kind in kinds:
         data_folder = folder / kind
-        train, test = prepared(kind, data_folder)
+        train, test = prepared(kind, data_folder, size)
         started = time.perf_counter()
         workflows.baseline(test, BaselineConfig(), data_folder / "baseline.npz", data_folder / "baseline_history.csv",
                            data_folder / "baseline_stats.json", data_folder / "baseline.png")
@@ -102,6 +138,7 @@ def run(kinds, variants, seeds, epochs: int, folder: Path, on_record) -> None:
                     record = {
                         "data": kind, "variant": label, "seed": seed, "network": picked(report["pinn"]),
                         "rpie30": picked(report["baseline"]), "rpie30_wall_time_s": round(baseline_s, 2),
+                        "network_patches": patch_twin_scores(run_folder / "wts.h5.zip", test),
                         "train_wall_time_s": summary.metrics["wall_time_s"], "epochs_run": summary.metrics["epochs_run"],
                         "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
                     }
@@ -131,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=["g1", "g2c"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--size", choices=["small", "default"], default="small", help="default: the simulated kinds at N = 64")
     parser.add_argument("--output", default="results/overlap.json")
     parser.add_argument("--folder", default=None, help="working folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -143,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(args.folder) if args.folder else Path(temporary)
-        run(args.data, args.variants, args.seeds, args.epochs, folder, lambda record: (records.append(record), write(record)))
+        run(args.data, args.variants, args.seeds, args.epochs, folder, lambda record: (records.append(record), write(record)), args.size)
 
 
 if __name__ == "__main__":
