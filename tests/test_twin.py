@@ -78,3 +78,18 @@ def test_twin_consensus_finds_the_twins_among_overlapping_patches_and_consensus_
     np.testing.assert_array_equal(chosen, is_twin.numpy())
     clean = placed(truth * offsets, xs, ys, probe)
     assert twin.neighbour_consensus(clean.values, clean.corners) > twin.neighbour_consensus(boxes.values, boxes.corners) + 0.05
+
+
+def test_stitched_twin_scores_of_the_truth_are_zero_and_of_a_point_reflected_conjugate_are_not():
+    probe = make_probe("aperture", SIZE, 8.0)
+    obj = random_object((80, 80), 4).numpy()
+    xs, ys = np.meshgrid(np.arange(24.0, 56.0, 4.0), np.arange(24.0, 56.0, 4.0))
+    exact = twin.stitched_twin_scores(obj, obj, (0, 0), xs.ravel(), ys.ravel(), probe)
+    assert exact["twin.fraction"] == 0.0 and exact["twin.blend"] < 1e-4
+    # One window's twin, seen through the single position at that window's centre.
+    centre = 40
+    mirrored = obj.copy()
+    window = slice(centre - SIZE // 2, centre + SIZE // 2)
+    mirrored[window, window] = twin.twin_of(torch.from_numpy(obj[window, window]), torch.from_numpy(probe)).numpy()
+    one = twin.stitched_twin_scores(mirrored, obj, (0, 0), np.array([40.0]), np.array([40.0]), probe)
+    assert one["twin.fraction"] == 1.0 and one["twin.blend"] > 0.99
