@@ -224,8 +224,10 @@ class PrepareConfig(Section):
         _require(self.nphotons > 0, "prepare.nphotons", f"must be > 0, got {self.nphotons}")
 
 
-GRIDSIZES = (1, 2)
+GRIDSIZES = (1, 2, 3)
 """The allowed gridsizes (C = gridsize**2 patterns per group), for params, Architecture and bundles."""
+RANDOM_GRIDSIZES = (1, 2)
+"""The gridsizes of the random grouping (3 x 3 needs the canonical template)."""
 
 
 @dataclass(frozen=True)
@@ -234,8 +236,9 @@ class ModelConfig(Section):
 
     SECTION: ClassVar[str] = "model"
     RENAMED: ClassVar[dict[str, str]] = {"architecture": "backbone"}  # old params key -> field
-    gridsize: int = 1  # C = gridsize**2 patterns per group (one of GRIDSIZES)
-    n_neighbours: int = 7  # K nearest neighbours a group is drawn from (K >= C)
+    gridsize: int = 1  # C = gridsize**2 patterns per group (one of GRIDSIZES; 3 only with the canonical grouping)
+    n_neighbours: int = 7  # random grouping: K nearest neighbours a group is drawn from (K >= C)
+    grouping: str = "random"  # random | canonical (ptycho.grouping: fixed template, offsets seen by the network)
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     backbone: str = "cnn"  # the network family, one of ptycho.nn.NAMES (params key before format 3 of the bundle: architecture)
     window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
@@ -245,7 +248,11 @@ class ModelConfig(Section):
 
         _require(self.backbone in NAMES, "model.backbone", f"allowed values are {list(NAMES)}; got {self.backbone!r}")
         _require(0.5 <= self.window_share <= 1.0, "model.window_share", f"must be in [0.5, 1], got {self.window_share}")
-        _require(self.gridsize in GRIDSIZES, "model.gridsize", f"allowed values are {', '.join(map(str, GRIDSIZES))}; got {self.gridsize}")
+        from ptycho.grouping import GROUPINGS
+
+        _require(self.grouping in GROUPINGS, "model.grouping", f"allowed values are {list(GROUPINGS)}; got {self.grouping!r}")
+        sizes = GRIDSIZES if self.grouping == "canonical" else RANDOM_GRIDSIZES
+        _require(self.gridsize in sizes, "model.gridsize", f"allowed values with grouping {self.grouping} are {', '.join(map(str, sizes))}; got {self.gridsize}")
         channels = self.gridsize**2
         _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
         _require(self.n_filters_scale > 0, "model.n_filters_scale", f"must be > 0, got {self.n_filters_scale}")
@@ -322,6 +329,7 @@ class InferConfig(Section):
     phase_sync: PhaseSync = PhaseSync.ANGULAR  # how the free phase offset of each patch is removed
     precision: InferPrecision = InferPrecision.AUTO  # arithmetic of the network's forward pass
     device: str = "cpu"  # where the network runs: cpu, cuda, cuda:1 ... (stitching and synchronisation stay on the CPU)
+    twin_consensus: bool = False  # replace each patch by its twin where that agrees better with its neighbours (ptycho.twin)
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")

@@ -38,7 +38,7 @@ from ptycho.grouping import Groups, grouped_tensors, make_groups
 from ptycho.reconstruction import Reconstruction
 from ptycho.rowfile import ScratchRows
 from ptycho.stitching import Stitcher, canvas_frame
-from ptycho import synchronisation
+from ptycho import synchronisation, twin
 
 MAX_PATCH_BYTES = 64 << 20
 """Placed patch values kept in memory (64 MiB: 7,000 patches of 34 x 34); a scan with more keeps
@@ -89,12 +89,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndarray, batch_size: int, bf16: bool = False,
-             device: torch.device = torch.device("cpu")):
+             device: torch.device = torch.device("cpu"), seeds_only: bool = False):
     """Yield (patches (B*C, N, N) complex64, x (B*C,), y (B*C,)) for consecutive batches of the groups ``order``.
 
     ``bf16``: the forward pass under bfloat16 autocast (convolutions in bf16, 8-bit mantissa: on the
     default data the amplitude moves by at most 0.7 %, the phase by 0.03 rad, far below the network's
-    own error); the patches come back as complex64 either way."""
+    own error); the patches come back as complex64 either way. ``seeds_only``: keep each group's
+    seed patch (channel 0) alone, the canonical grouping's one patch per pattern."""
     size = bundle.architecture.N
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
@@ -103,6 +104,8 @@ def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndar
         amplitudes, offsets = amplitudes.to(device, memory_format=torch.channels_last), offsets.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             patches = bundle.diffraction_to_obj(amplitudes, offsets)
+        if seeds_only:
+            patches, indices = patches[:, :1], indices[:, :1]
         patches = patches.to(torch.complex64).reshape(-1, size, size).cpu()
         yield (
             patches,
@@ -140,6 +143,7 @@ class _PlacedValues:
 def reconstruct(
     bundle: Bundle, data: PtychoDataset, config: InferConfig, bundle_path: str | Path, *,
     max_patch_bytes: int | None = None, scratch_folder: str | os.PathLike[str] | None = None,
+    diagnostics: dict | None = None,
 ) -> Reconstruction:
     """Predict object patches for every group of the scan and stitch them into one object.
 
@@ -149,7 +153,14 @@ def reconstruct(
     - A diffraction pattern does not determine the constant phase of its patch, so patches
       come with arbitrary phase offsets; with ``config.phase_sync`` "angular" they are found
       all at once by angular synchronisation (``ptycho.synchronisation``) before stitching.
-    - For gridsize > 1 each position appears in several groups; all predictions are averaged.
+    - For gridsize > 1 with the random grouping each position appears in several groups; all
+      predictions are averaged. With the canonical grouping every pattern is the seed of its own
+      group and only the seed's patch (merged with its group, the overlap constraint) is kept.
+    - ``config.twin_consensus``: each patch is offered its twin (``ptycho.twin.choose_twins``) before
+      phase synchronisation; this keeps the placed patches and their twins in memory.
+    - ``diagnostics``, given a dict, receives ``twin.consensus`` (``ptycho.twin.neighbour_consensus``
+      of the placed patches, NaN when they were kept in a scratch file) and ``twin.switched`` (the
+      share of patches replaced by their twin).
     - Memory (module docstring): placed patches beyond ``max_patch_bytes`` (default
       ``MAX_PATCH_BYTES``) go to a scratch file
       in ``scratch_folder`` (default: ``TMPDIR``), read back a window at a time. The result is
@@ -159,16 +170,21 @@ def reconstruct(
     if data.pattern_size != size:
         raise DataError(f"test data: key 'diffraction': patterns are {data.pattern_size} px, the model in {bundle_path} expects {size} px")
     gridsize = bundle.architecture.gridsize
-    n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 else 1
-    groups = make_groups(data.xcoords, data.ycoords, gridsize, n_neighbours, np.random.default_rng(config.seed))
+    grouping = bundle.architecture.grouping
+    seeds_only = grouping == "canonical" and gridsize > 1
+    n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 and not seeds_only else 1
+    groups = make_groups(data.xcoords, data.ycoords, gridsize, n_neighbours, np.random.default_rng(config.seed), grouping)
     order = synchronisation.spatial_order(groups.centres_xy)
     origin, shape = canvas_frame(data.xcoords, data.ycoords, size)
     illumination = torch.from_numpy(np.abs(bundle.probe).astype(np.float32)) ** 2
     stitcher = Stitcher(origin, shape, bundle.diffraction_to_obj.support * illumination / illumination.max())
-    count = groups.n_groups * bundle.architecture.channels
+    count = groups.n_groups * (1 if seeds_only else bundle.architecture.channels)
     patch_bytes = math.prod(stitcher.box) * np.dtype(np.complex64).itemsize
     max_patch_bytes = MAX_PATCH_BYTES if max_patch_bytes is None else max_patch_bytes
-    values = _PlacedValues(count, stitcher.box, in_memory=count * patch_bytes <= max_patch_bytes, folder=scratch_folder)
+    in_memory = count * patch_bytes <= max_patch_bytes or config.twin_consensus
+    values = _PlacedValues(count, stitcher.box, in_memory=in_memory, folder=scratch_folder)
+    twin_values = _PlacedValues(count, stitcher.box, in_memory=True, folder=None) if config.twin_consensus else None
+    probe = torch.from_numpy(np.asarray(bundle.probe, dtype=np.complex64))
     corners = np.empty((count, 2), dtype=np.int64)
     device = resolve_device(config.device)
     precision, _ = resolve_precision(config.precision, device)
@@ -178,11 +194,22 @@ def reconstruct(
     network = bundle.diffraction_to_obj.to(device=device, memory_format=torch.channels_last).eval()
     try:
         with torch.inference_mode():
-            for patches, xcoords, ycoords in _batches(bundle, data, groups, order, config.batch_size, precision is InferPrecision.BF16, device):
+            batches = _batches(bundle, data, groups, order, config.batch_size, precision is InferPrecision.BF16, device, seeds_only)
+            for patches, xcoords, ycoords in batches:
                 placed = stitcher.place(patches, xcoords, ycoords)
                 corners[values.count : values.count + len(placed.corners)] = placed.corners
                 stitcher.add_weights(placed)
                 values.append(placed.values)
+                if twin_values is not None:
+                    twin_values.append(stitcher.place(twin.twin_of(patches, probe), xcoords, ycoords).values)
+            switched = 0.0
+            if twin_values is not None:
+                chosen = twin.choose_twins(torch.from_numpy(values.memory), torch.from_numpy(twin_values.memory), corners)
+                values.memory[chosen] = twin_values.memory[chosen]
+                switched = float(chosen.mean()) if count else 0.0
+            if diagnostics is not None:
+                consensus = twin.neighbour_consensus(torch.from_numpy(values.memory), corners) if values.memory is not None else float("nan")
+                diagnostics.update({"twin.consensus": consensus, "twin.switched": switched})
             phases = None
             if config.phase_sync is PhaseSync.ANGULAR:
                 phases = torch.from_numpy(synchronisation.synchronise(values.read, corners, stitcher.box)).to(torch.float32)
@@ -193,5 +220,7 @@ def reconstruct(
     finally:
         values.close()
         network.to(device="cpu", memory_format=torch.contiguous_format)
+        if twin_values is not None:
+            twin_values.close()
     obj, coverage = stitcher.result()
     return Reconstruction(obj, origin, coverage, method="pinn", probe=bundle.probe)

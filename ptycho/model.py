@@ -33,6 +33,7 @@ from torch import nn
 
 from ptycho import physics
 from ptycho.config import GRIDSIZES
+from ptycho.grouping import GROUPINGS
 from ptycho.nn import NAMES as BACKBONE_NAMES
 from ptycho.nn import build_backbone
 
@@ -48,7 +49,9 @@ class Architecture:
     predicted object window, px, even, N/2 ... N (0 = the smallest even side >= N/2: N/2, the
     format-1 value, or N/2 + 1 when N/2 is odd).
     amplitude_activation: "exp" (amplitude = exp(output), 1 at zero output, no asymptote
-    near 1) or "sigmoid" (bounded by 1, the format-1 head).
+    near 1) or "sigmoid" (bounded by 1, the format-1 head). grouping: how groups are laid out
+    (``ptycho.grouping.GROUPINGS``); "canonical" gives the network the group's offsets as input
+    and makes inference keep each group's seed patch only (format 3; older bundles: "random").
     """
 
     N: int
@@ -57,6 +60,7 @@ class Architecture:
     backbone: str = "cnn"
     window_px: int = 0
     amplitude_activation: str = "exp"
+    grouping: str = "random"
 
     def __post_init__(self):
         if self.window_px == 0:
@@ -69,6 +73,8 @@ class Architecture:
             raise ValueError(f"backbone must be one of {list(BACKBONE_NAMES)}, got {self.backbone!r}")
         if self.amplitude_activation not in AMPLITUDE_ACTIVATIONS:
             raise ValueError(f"amplitude_activation must be one of {list(AMPLITUDE_ACTIVATIONS)}, got {self.amplitude_activation!r}")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {self.grouping!r}")
 
     @property
     def channels(self) -> int:
@@ -116,12 +122,24 @@ class DiffractionToObject(nn.Module):
             intensity = probe.abs() ** 2 * self.support
             weights = intensity / intensity.max()
         self.register_buffer("merge_weights", weights)
+        # Canonical groups: the offsets (in units of N) enter as a learned constant added to each
+        # channel of the input, zero at the start (the plain network). Done here, not in the
+        # backbone, so that every backbone sees them.
+        self.offset_encoding = None
+        if architecture.grouping == "canonical" and architecture.channels > 1:
+            self.offset_encoding = nn.Linear(2 * architecture.channels, architecture.channels)
+            nn.init.zeros_(self.offset_encoding.weight)
+            nn.init.zeros_(self.offset_encoding.bias)
 
     def forward(self, amplitudes: torch.Tensor, offsets_xy: torch.Tensor) -> torch.Tensor:
         # sqrt compresses the input's dynamic range (the central disc is ~100x brighter than
         # the scattering that carries the detail). Measured on the default data, 30 epochs:
         # amplitude / phase SSIM 0.662 / 0.672 plain, 0.733 / 0.715 sqrt, 0.724 / 0.613 log1p.
-        raw_amplitude, raw_phase = self.backbone(torch.sqrt(amplitudes / self.intensity_scale))
+        inputs = torch.sqrt(amplitudes / self.intensity_scale)
+        if self.offset_encoding is not None:
+            encoded = self.offset_encoding(offsets_xy.reshape(offsets_xy.shape[0], -1).to(inputs.dtype) / self.architecture.N)
+            inputs = inputs + encoded[..., None, None]
+        raw_amplitude, raw_phase = self.backbone(inputs)
         size, window = self.architecture.N, self.architecture.window_px
         start = (raw_amplitude.shape[-1] - window) // 2  # crop the window out of an N x N map
         raw_amplitude = raw_amplitude[..., start : start + window, start : start + window]

@@ -91,10 +91,20 @@ def score(
             remove_phase_ramp=config.remove_phase_ramp, register=config.register,
         )
         results.update(compared)
+        from ptycho.twin import stitched_twin_scores
+
+        scored = scorable_positions(reconstruction, data) if keep is None else np.asarray(keep, dtype=np.int64)
+        results.update(stitched_twin_scores(
+            reconstruction.object, truth, reconstruction.origin, data.xcoords[scored], data.ycoords[scored], data.all_probe_modes,
+        ))
     return results, curve
 
 
 def scores_of(results: dict) -> dict:
-    """One method's metrics without the alignment diagnostics (``alignment.*``, ``region_px``):
+    """One method's metrics without the alignment diagnostics (``alignment.*``, ``DETAIL_KEYS``):
     what ``dvc metrics show`` lists, one row per method."""
-    return {key: value for key, value in results.items() if not key.startswith("alignment.") and key != "region_px"}
+    return {key: value for key, value in results.items() if not key.startswith("alignment.") and key not in DETAIL_KEYS}
+
+
+DETAIL_KEYS = ("region_px", "twin.correlation_true", "twin.correlation_twin", "twin.n_patches", "twin.switched")
+"""Kept in metrics.json, left out of the DVC score files (``dvc metrics show`` stays one screen wide)."""

@@ -165,11 +165,11 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
         )
     architecture = Architecture(
         N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
-        backbone=model_config.backbone, window_px=window_px,
+        backbone=model_config.backbone, window_px=window_px, grouping=model_config.grouping,
     )
     groups = make_groups(
         train_data.xcoords, train_data.ycoords, model_config.gridsize, model_config.n_neighbours,
-        np.random.default_rng(train_config.seed),
+        np.random.default_rng(train_config.seed), model_config.grouping,
     )
     amplitudes, offsets = grouped_tensors(train_data.amplitudes, groups)
     torch.manual_seed(train_config.seed)  # the initial weights are part of a reproducible run
@@ -224,7 +224,8 @@ def infer(
     precision, why = resolve_precision(config.precision, resolve_device(config.device))
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
-    reconstruction = reconstruct(bundle, test_data, config, bundle_path)
+    diagnostics: dict = {}
+    reconstruction = reconstruct(bundle, test_data, config, bundle_path, diagnostics=diagnostics)
     seconds = time.perf_counter() - started
     if reconstruction.pixel_size_m is None:
         reconstruction = dataclasses.replace(reconstruction, pixel_size_m=pixel_size_of(test_data))
@@ -235,7 +236,8 @@ def infer(
         write_product(product_path, reconstruction, test_data)
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns,
-             "precision": precision.value, "precision_reason": why, "device": config.device}
+             "precision": precision.value, "precision_reason": why, "device": config.device,
+             **{key: round(value, 4) for key, value in diagnostics.items()}}  # json_bytes writes NaN as null
     write_atomically(stats_path, json_bytes(stats))
     return reconstruction
 
@@ -277,6 +279,7 @@ def evaluate(
         if method in stats_paths:
             stats = json.loads(Path(stats_paths[method]).read_text())
             results.update({"wall_time_s": stats["wall_time_s"], "patterns_per_s": stats["patterns_per_s"]})
+            results.update({key: value for key, value in stats.items() if key.startswith("twin.")})  # the network's, no truth needed
         report[method] = results
         if curve is not None:
             curves[method] = curve

@@ -50,3 +50,33 @@ def test_too_few_neighbours_or_positions_is_an_error():
         make_groups(xs, ys, 2, 3, np.random.default_rng(0))
     with pytest.raises(ConfigError, match="model.gridsize"):
         make_groups(xs[:3], ys[:3], 2, 7, np.random.default_rng(0))
+
+
+def test_canonical_groups_have_a_fixed_channel_order_on_a_jittered_raster():
+    xs, ys = grid_positions(n=6, step=5.0)
+    rng = np.random.default_rng(1)
+    xs, ys = xs + rng.uniform(-0.8, 0.8, xs.size), ys + rng.uniform(-0.8, 0.8, ys.size)
+    groups = make_groups(xs, ys, gridsize=2, n_neighbours=1, rng=None, layout="canonical")
+    positions = np.stack([xs, ys], 1)
+    steps = np.round((positions[groups.indices] - positions[groups.indices[:, :1]]) / 5.0)  # (G, 4, 2) in scan steps
+    interior = [seed for seed in range(36) if seed % 6 < 5 and seed // 6 < 5]  # not on the right or bottom edge
+    for seed in interior:  # seed, right, down, down-right
+        assert groups.indices[seed, 0] == seed
+        np.testing.assert_array_equal(steps[seed], [[0, 0], [1, 0], [0, 1], [1, 1]])
+    # Right edge: the template is mirrored along x (seed, left, down, down-left), never a far pick.
+    np.testing.assert_array_equal(steps[5], [[0, 0], [-1, 0], [0, 1], [-1, 1]])
+    np.testing.assert_array_equal(steps[35], [[0, 0], [-1, 0], [0, -1], [-1, -1]])
+    np.testing.assert_allclose(groups.offsets_xy.sum(axis=1), 0.0, atol=1e-9)
+
+
+def test_canonical_three_by_three_puts_the_seed_first_and_its_eight_neighbours_row_by_row():
+    xs, ys = grid_positions(n=5, step=4.0)
+    groups = make_groups(xs, ys, gridsize=3, n_neighbours=1, rng=None, layout="canonical")
+    seed = 12  # the centre of the 5 x 5 raster
+    assert groups.indices[seed].tolist() == [12, 6, 7, 8, 11, 13, 16, 17, 18]
+
+
+def test_an_unknown_grouping_is_refused():
+    xs, ys = grid_positions()
+    with pytest.raises(ConfigError, match="model.grouping"):
+        make_groups(xs, ys, 2, 7, np.random.default_rng(0), layout="spiral")

@@ -119,7 +119,10 @@ def test_bf16_inference_stays_close_to_fp32(evaluated_run, tmp_path, small_infer
 
     run, _ = evaluated_run
     test = load_dataset(run.test_path)
-    fp32 = load_reconstruction(run.folder / "reconstruction.npz")
+    # Both precisions explicit: the pipeline's default (auto) is bf16 on a CPU with native bf16.
+    fp32_config = dataclasses.replace(small_infer_config, precision=InferPrecision.FP32)
+    workflows.infer(test, run.bundle_path, fp32_config, tmp_path / "f.npz", tmp_path / "f.png", tmp_path / "fs.json")
+    fp32 = load_reconstruction(tmp_path / "f.npz")
     bf16_config = dataclasses.replace(small_infer_config, precision=InferPrecision.BF16)
     workflows.infer(test, run.bundle_path, bf16_config, tmp_path / "r.npz", tmp_path / "r.png", tmp_path / "s.json")
     bf16 = load_reconstruction(tmp_path / "r.npz")
@@ -136,3 +139,21 @@ def test_an_unknown_precision_is_refused():
 
     with pytest.raises(ConfigError, match="infer.precision"):
         InferConfig(precision="fp16")
+
+
+def test_canonical_groups_keep_one_patch_per_pattern_and_twin_consensus_reports_its_diagnostics():
+    data, _ = random_scan_and_bundle(200, 2, extent=(150, 150))
+    architecture = Architecture(32, 2, 0.125, grouping="canonical")
+    torch.manual_seed(0)
+    autoencoder, diffraction_to_obj = build_models(architecture, data.probe, 1.0)
+    bundle = Bundle(autoencoder, diffraction_to_obj, architecture, 1.0, 1.0, data.probe, {}, {})
+    placed = []
+    place = inference.Stitcher.place
+    inference.Stitcher.place, restore = (lambda self, p, x, y: placed.append(len(p)) or place(self, p, x, y)), place
+    try:
+        diagnostics: dict = {}
+        inference.reconstruct(bundle, data, InferConfig(batch_size=64, twin_consensus=True), "bundle", diagnostics=diagnostics)
+    finally:
+        inference.Stitcher.place = restore
+    assert sum(placed) == 2 * 200  # each pattern's seed patch, and its twin
+    assert 0.0 <= diagnostics["twin.switched"] <= 1.0 and 0.0 < diagnostics["twin.consensus"] <= 1.0

@@ -120,7 +120,7 @@ def write_bundle(folder: Path, size: int) -> Path:
     torch.manual_seed(0)
     model = ModelConfig()
     probe, _ = scan_geometry(size)
-    architecture = Architecture(N=size, gridsize=1, n_filters_scale=model.n_filters_scale, network=model.architecture,
+    architecture = Architecture(N=size, gridsize=1, n_filters_scale=model.n_filters_scale, backbone=model.backbone,
                                 window_px=physics.probe_window(probe, model.window_share))
     unit_probe, _ = physics.calibrate_probe(probe, np.ones((1, size, size), np.float32))
     autoencoder, diffraction_to_obj = build_models(architecture, unit_probe, 1.0)

@@ -161,7 +161,7 @@ def run_scenario(scenario: Scenario, settings: Settings, folder: str | Path) -> 
     )
     best = max(rpie_curve, key=lambda point: point.amplitude_ssim + point.phase_ssim)
     network_s = report["pinn"]["wall_time_s"]
-    keys = ("amplitude.ssim", "phase.ssim", "amplitude.psnr", "phase.psnr", "frc.resolution_px_0.5", "data.r_factor", "wall_time_s")
+    keys = ("amplitude.ssim", "phase.ssim", "amplitude.psnr", "phase.psnr", "frc.resolution_px_0.5", "data.r_factor", "twin.fraction", "twin.blend", "wall_time_s")
     return {
         "scenario": scenario.name,
         "step_fraction": scenario.step_fraction,

@@ -18,6 +18,7 @@ from ptycho.archive import parse_json
 from ptycho.config import GRIDSIZES, coerce
 from ptycho.data import MIN_PATTERN_SIZE
 from ptycho.errors import BundleError, ConfigError
+from ptycho.grouping import GROUPINGS
 from ptycho.model import AMPLITUDE_ACTIVATIONS, BACKBONE_NAMES, Architecture, build_models
 
 FORMAT = "ptycho-bundle"
@@ -82,6 +83,7 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
     "backbone": Allowed(choices=BACKBONE_NAMES),
     "window_px": Allowed(0, 1024, step=2),  # 0 = N/2; Architecture checks N/2 <= w <= N
     "amplitude_activation": Allowed(choices=AMPLITUDE_ACTIVATIONS),
+    "grouping": Allowed(choices=GROUPINGS),  # format 3; older bundles: "random"
 }
 
 # Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a
