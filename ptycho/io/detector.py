@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -131,32 +132,56 @@ def probe_from_patterns(intensities: np.ndarray, mask: np.ndarray | None) -> np.
     return np.fft.fftshift(field)[None].astype(np.complex64)
 
 
-def crop_dataset(data: PtychoDataset, crop: int, why: str) -> PtychoDataset:
-    """A scan whose patterns are centred-cropped to ``crop`` px, with its probe modes, mask,
-    positions, pixel size and reference object on the coarser object grid (module docstring).
+class CroppedScan(NamedTuple):
+    """The pieces of a scan after a centred detector crop (``crop_scan``)."""
 
-    For scans already in memory (the simulation); files are cropped while they are ingested
-    (``ptycho.io.ingest``), by the same functions. ``why`` is recorded in the metadata.
-    """
-    size = data.pattern_size
-    if crop == size:
-        return data
+    patterns: np.ndarray
+    mask: np.ndarray | None
+    probe: np.ndarray | None
+    xcoords: np.ndarray
+    ycoords: np.ndarray
+    object: np.ndarray | None
+    metadata: dict
+
+
+def crop_scan(
+    patterns: np.ndarray, *, mask: np.ndarray | None, probe: np.ndarray | None, xcoords: np.ndarray, ycoords: np.ndarray,
+    obj: np.ndarray | None, metadata: dict, crop: int, why: str,
+) -> CroppedScan:
+    """Patterns (M, N, N), amplitudes or intensities alike, centred-cropped to ``crop`` px, with the
+    mask, probe (modes), positions, object pixel size and reference object on the coarser object
+    grid (module docstring); ``why`` is recorded in the metadata. The one crop of both paths: the
+    simulation's datasets (``crop_dataset``) and ingested files (``ptycho.io.ingest``)."""
+    size = patterns.shape[-1]
     scale = crop / size
-    modes = fourier_crop_probe(data.all_probe_modes, crop)
-    metadata = dict(data.metadata)
+    metadata = dict(metadata)
     if "object_pixel_size_m" in metadata:
         metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
-    metadata["detector_crop_px"] = crop_record(size, crop, why, data.object is not None)
+    metadata["detector_crop_px"] = crop_record(size, crop, why, obj is not None)
+    return CroppedScan(
+        patterns=crop_patterns(patterns, crop),
+        mask=None if mask is None else crop_patterns(mask, crop),
+        probe=None if probe is None else fourier_crop_probe(probe, crop),
+        xcoords=xcoords * scale,
+        ycoords=ycoords * scale,
+        object=None if obj is None else fourier_resample_object(np.asarray(obj), size, crop),
+        metadata=metadata,
+    )
+
+
+def crop_dataset(data: PtychoDataset, crop: int, why: str) -> PtychoDataset:
+    """A scan in memory (the simulation) cropped by ``crop_scan``."""
+    if crop == data.pattern_size:
+        return data
+    cropped = crop_scan(
+        np.asarray(data.amplitudes), mask=data.mask, probe=data.all_probe_modes, xcoords=data.xcoords, ycoords=data.ycoords,
+        obj=data.object, metadata=data.metadata, crop=crop, why=why,
+    )
     return dataclasses.replace(
         data,
-        amplitudes=crop_patterns(np.asarray(data.amplitudes), crop),
-        xcoords=data.xcoords * scale,
-        ycoords=data.ycoords * scale,
-        probe=np.ascontiguousarray(modes[0]),
-        probe_modes=modes if len(modes) > 1 else None,
-        object=None if data.object is None else fourier_resample_object(data.object, size, crop),
-        mask=None if data.mask is None else crop_patterns(data.mask, crop),
-        metadata=metadata,
+        amplitudes=cropped.patterns, xcoords=cropped.xcoords, ycoords=cropped.ycoords,
+        probe=np.ascontiguousarray(cropped.probe[0]), probe_modes=cropped.probe if len(cropped.probe) > 1 else None,
+        object=cropped.object, mask=cropped.mask, metadata=cropped.metadata,
     )
 
 

@@ -209,16 +209,13 @@ def _crop_and_bin(scan: _Scan, raw: RawScan, config: PrepareConfig, checker: che
         if scan.probe is not None and scan.probe.shape[-2:] != (height, width):
             raise _error(source, "probe", f"probe {scan.probe.shape[-2:]} differs from the {height} x {width} patterns")
         if crop < height:
-            scale = crop / height
-            scan.intensities = detector.crop_patterns(scan.intensities, crop)
-            scan.mask = None if scan.mask is None else detector.crop_patterns(scan.mask, crop)
-            scan.probe = None if scan.probe is None else detector.fourier_crop_probe(scan.probe, crop)
-            scan.xcoords, scan.ycoords = scan.xcoords * scale, scan.ycoords * scale
-            if "object_pixel_size_m" in metadata:
-                metadata["object_pixel_size_m"] = [p / scale for p in metadata["object_pixel_size_m"]]
-            if scan.object is not None:
-                scan.object = detector.fourier_resample_object(np.asarray(scan.object), height, crop)
-            metadata["detector_crop_px"] = detector.crop_record(height, crop, why, scan.object is not None)
+            cropped = detector.crop_scan(
+                scan.intensities, mask=scan.mask, probe=scan.probe, xcoords=scan.xcoords, ycoords=scan.ycoords,
+                obj=scan.object, metadata=metadata, crop=crop, why=why,
+            )
+            scan.intensities, scan.mask, scan.probe = cropped.patterns, cropped.mask, cropped.probe
+            scan.xcoords, scan.ycoords, scan.object, scan.metadata = cropped.xcoords, cropped.ycoords, cropped.object, cropped.metadata
+            metadata = scan.metadata
             height = width = crop
     if height != width:
         raise _error(source, key, f"patterns are {height} x {width}; crop them to a square with prepare.detector_crop_px")
