@@ -212,7 +212,7 @@ def reconstruct(
                 diagnostics.update({"twin.consensus": consensus, "twin.switched": switched})
             phases = None
             if config.phase_sync is PhaseSync.ANGULAR:
-                phases = torch.from_numpy(synchronisation.synchronise(values.read, corners, stitcher.box)).to(torch.float32)
+                phases = torch.from_numpy(synchronisation.synchronise(values.read, corners, stitcher.box, weights=stitcher.support.numpy())).to(torch.float32)
             window = synchronisation.WINDOW_BOXES
             for start in range(0, count, window):
                 stop = min(start + window, count)

@@ -6,7 +6,7 @@ import torch
 from ptycho import physics
 from ptycho.simulate import gaussian_random_field
 from ptycho.stitching import Stitcher, canvas_frame
-from ptycho.synchronisation import overlapping_pairs, patch_phases, spatial_order, synchronise
+from ptycho.synchronisation import overlap_products, overlapping_pairs, patch_phases, scan_phases, spatial_order, synchronise
 
 
 def test_overlapping_pairs_are_exactly_the_boxes_that_share_a_pixel():
@@ -109,3 +109,63 @@ def test_spatial_order_runs_along_the_longer_side():
     xy = np.array([[0.0, 5.0], [9.0, 0.0], [3.0, 1.0], [3.0, 0.0]])  # wider (x: 9) than high (y: 5)
     assert spatial_order(xy).tolist() == [0, 3, 2, 1]
     assert spatial_order(xy[:, ::-1]).tolist() == [0, 3, 2, 1]
+
+
+def test_weighted_pairs_are_the_boxes_whose_weights_overlap():
+    rng = np.random.default_rng(6)
+    corners = rng.integers(0, 60, (50, 2))
+    weights = np.zeros((10, 10))
+    weights[3:7, 3:7] = 1.0  # only a 4 x 4 centre carries weight
+    found = {tuple(p) for p in overlapping_pairs(corners, (10, 10), weights)}
+    expected = {
+        (i, j) for i in range(50) for j in range(i + 1, 50)
+        if abs(corners[i, 0] - corners[j, 0]) < 4 and abs(corners[i, 1] - corners[j, 1]) < 4
+    }
+    assert found == expected and len(expected) > 0
+    assert found < {tuple(p) for p in overlapping_pairs(corners, (10, 10))}
+
+
+def offset_scan(rng, side=16, step=5.0, size=16):
+    """Placed ideal patches of a smooth phase object on a side x side raster, each times exp(1j offset)."""
+    extent = int(step * side) + 2 * size
+    obj = np.exp(1j * gaussian_random_field((extent, extent), 4.0, rng)).astype(np.complex64)
+    ticks = size + step * np.arange(side)
+    xcoords, ycoords = (a.ravel() for a in np.meshgrid(ticks, ticks))
+    patches = physics.extract_patches(torch.from_numpy(obj), torch.from_numpy(xcoords), torch.from_numpy(ycoords), size)
+    applied = rng.uniform(-np.pi, np.pi, len(xcoords))
+    patches = patches * torch.polar(torch.ones(len(applied)), torch.from_numpy(applied).float()).view(-1, 1, 1)
+    origin, shape = canvas_frame(xcoords, ycoords, size)
+    placed = Stitcher(origin, shape, torch.ones(size, size)).place(patches, torch.from_numpy(xcoords), torch.from_numpy(ycoords))
+    return placed, applied
+
+
+def test_a_large_scan_is_solved_in_tiles_with_the_applied_offsets():
+    rng = np.random.default_rng(7)
+    placed, applied = offset_scan(rng)
+    box = tuple(placed.values.shape[-2:])
+    pairs = overlapping_pairs(placed.corners, box)
+    products = overlap_products(placed.values, placed.corners, pairs)
+    tiled = scan_phases(len(applied), pairs, products, placed.corners, box, tile_patches=16)  # 256 patches: tiles
+    whole = scan_phases(len(applied), pairs, products, placed.corners, box, tile_patches=1000)  # one eigenproblem
+    for found in (tiled, whole):
+        difference = np.angle(np.exp(1j * (found - applied)))
+        assert np.abs(np.angle(np.exp(1j * (difference - difference[0])))).max() < 1e-3
+    assert np.abs(np.angle(np.exp(1j * (tiled - whole)))).max() < 1e-3
+
+
+def test_tiles_tolerate_noisy_patches_as_well_as_one_eigenproblem():
+    rng = np.random.default_rng(8)
+    placed, applied = offset_scan(rng)
+    noisy = placed.values + 0.3 * torch.randn(placed.values.shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    box = tuple(noisy.shape[-2:])
+    pairs = overlapping_pairs(placed.corners, box)
+    products = overlap_products(noisy, placed.corners, pairs)
+
+    def error(found):
+        difference = np.exp(1j * (found - applied))
+        return float(np.sqrt(np.mean(np.angle(difference * np.conj(np.mean(difference))) ** 2)))
+
+    tiled = error(scan_phases(len(applied), pairs, products, placed.corners, box, tile_patches=16))
+    whole = error(scan_phases(len(applied), pairs, products, placed.corners, box, tile_patches=1000))
+    assert whole > 1e-3  # the noise does move the offsets
+    assert tiled < 1.2 * whole
