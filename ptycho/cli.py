@@ -252,9 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; a ptycho error becomes a one-line message and exit status 1."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    if given[:2] == ["benchmark", "scale"]:  # parses its own options (see build_parser)
-        return _scale(given[2:])
     args = build_parser().parse_args(argv)
     _derive_outputs(args)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -64,3 +64,14 @@ def test_infer_records_the_precision_it_used_and_why(tmp_path):
     workflows.infer(data, tmp_path / "b.zip", InferConfig(), tmp_path / "r.npz", tmp_path / "r.png", tmp_path / "s.json")
     stats = json.loads((tmp_path / "s.json").read_text())
     assert (stats["precision"], stats["precision_reason"], stats["device"]) == (expected.value, why, "cpu")
+
+
+def test_the_scale_benchmark_runs_from_the_command_line(tmp_path):
+    from ptycho import cli
+
+    output = tmp_path / "scale.json"
+    assert cli.main(["benchmark", "scale", "--sizes", "30", "--repeats", "1", "--no-rpie", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    entry = report["sizes"]["30"]["now"]
+    assert entry["patterns_per_s"] > 0 and entry["by_rows"]["peak_rss_bytes"] > 0
+    assert report["precision_resolved"] in ("fp32", "bf16")
