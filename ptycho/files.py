@@ -44,26 +44,35 @@ def remove_stale_temp_files(*paths: str | Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file to write that appears at ``path`` only when the block ends without error.
-
-    It is a temp file in the destination folder, flushed and fsynced, then renamed over ``path``;
-    on an error it is removed and ``path`` is left as it was.
-    """
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp file name to write (by any writer, e.g. h5py) that appears at ``path`` only when the
+    block ends without error: then it is fsynced and renamed over ``path``; on an error it is
+    removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path(path)
     try:
-        # 0o666 minus the umask, like an ordinary file (mkstemp would leave it 0600).
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temp
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at ``path`` only when the block ends without error
+    (``atomic_path``); on an error ``path`` is left as it was."""
+    with atomic_path(path) as temp:
+        # 0o666 minus the umask, like an ordinary file (mkstemp would leave it 0600).
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
 
 
 def write_atomically(path: str | Path, data: bytes) -> None:

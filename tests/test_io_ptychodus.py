@@ -276,3 +276,30 @@ def test_a_near_field_product_is_refused_by_its_far_field_flag(tmp_path):
         h5.attrs["far_field"] = np.bool_(True)
     data, _ = load_scan(tmp_path / "s", config(tmp_path / "s"))
     assert data.metadata["far_field"] is True and data.metadata["far_field_check"].startswith("the file says far field")
+
+
+def test_the_diffraction_file_is_written_chunk_by_chunk_from_a_row_file_and_atomically(tmp_path, monkeypatch):
+    """A 50,000-pattern scan read by rows must not be held whole to be exported (issue 18: peak memory)."""
+    from ptycho import rowfile
+    from ptycho.io.product import write_diffraction
+
+    amplitudes = np.random.default_rng(0).uniform(0, 9, (7, SIZE, SIZE)).astype(np.float32)
+    raw = tmp_path / "rows.bin"
+    raw.write_bytes(amplitudes.tobytes())
+    rows = rowfile.RowFile.open(raw, 0, amplitudes.shape, np.float32, source=str(raw))
+    monkeypatch.setattr(rowfile, "CHUNK_BYTES", 2 * SIZE * SIZE * 4)  # two rows per chunk: four chunks
+    kwargs = dict(scan_index=np.arange(7), mask=None, metadata={})
+    write_diffraction(tmp_path / "rows.h5", amplitudes=rows, **kwargs)
+    write_diffraction(tmp_path / "whole.h5", amplitudes=amplitudes, **kwargs)
+    assert (tmp_path / "rows.h5").read_bytes() == (tmp_path / "whole.h5").read_bytes()
+    with h5py.File(tmp_path / "rows.h5") as h5:
+        np.testing.assert_array_equal(h5["patterns"][()], np.square(amplitudes))
+
+    def failing_chunks(array, max_bytes=None):
+        yield 0, np.asarray(array[0:2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr("ptycho.io.product.array_chunks", failing_chunks)
+    with pytest.raises(OSError, match="disk full"):
+        write_diffraction(tmp_path / "failed.h5", amplitudes=rows, **kwargs)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rows.bin", "rows.h5", "whole.h5"]

@@ -33,7 +33,8 @@ import h5py
 import numpy as np
 
 from ptycho.data import PtychoDataset
-from ptycho.files import write_atomically
+from ptycho.files import atomic_path, write_atomically
+from ptycho.rowfile import array_chunks
 from ptycho.io import units
 
 
@@ -156,23 +157,24 @@ def product_bytes(
     return buffer.getvalue()
 
 
-def diffraction_bytes(*, amplitudes: np.ndarray, scan_index: np.ndarray, mask: np.ndarray | None, metadata: dict[str, Any]) -> bytes:
-    """The bytes of a ptychodus ``diffraction.h5`` holding these patterns (M, N, N) as counts, by index.
+def write_diffraction(path: str | Path, *, amplitudes, scan_index: np.ndarray, mask: np.ndarray | None, metadata: dict[str, Any]) -> None:
+    """Write, atomically, a ptychodus ``diffraction.h5`` holding these patterns (M, N, N) as counts, by index.
 
     Detector pixel from :func:`export_geometry` (the one that makes the product's geometry
-    consistent); ``bad_pixels`` = not ``mask``. Byte-deterministic.
+    consistent); ``bad_pixels`` = not ``mask``. Byte-deterministic. ``amplitudes`` (an array or a
+    ``RowFile``) is written chunk by chunk, so memory stays at one chunk however long the scan.
     """
     geometry = export_geometry(metadata, amplitudes.shape[-1])
-    buffer = io.BytesIO()
     options = {"track_times": False}
-    with h5py.File(buffer, "w", track_order=False) as h5:
+    with atomic_path(path) as temp, h5py.File(temp, "w", track_order=False) as h5:
         h5.create_dataset("indexes", data=np.asarray(scan_index, dtype=np.int64), **options)
-        patterns = h5.create_dataset("patterns", data=np.square(amplitudes, dtype=np.float32), **options)
+        patterns = h5.create_dataset("patterns", shape=amplitudes.shape, dtype=np.float32, **options)
+        for start, rows in array_chunks(amplitudes):
+            patterns[start : start + len(rows)] = np.square(rows, dtype=np.float32)
         patterns.attrs["detector_pixel_width_m"] = geometry["detector_pixel_m"][0]
         patterns.attrs["detector_pixel_height_m"] = geometry["detector_pixel_m"][1]
         bad = np.zeros(amplitudes.shape[-2:], dtype=bool) if mask is None else ~np.asarray(mask, dtype=bool)
         h5.create_dataset("bad_pixels", data=bad, **options)
-    return buffer.getvalue()
 
 
 def write_product(path: str | Path, reconstruction, data: PtychoDataset, losses: list[float] | None = None) -> Path:
@@ -184,9 +186,7 @@ def write_product(path: str | Path, reconstruction, data: PtychoDataset, losses:
     path = Path(path)
     diffraction = paired_diffraction_path(path)
     probe = reconstruction.probe if reconstruction.probe is not None else data.all_probe_modes
-    write_atomically(diffraction, diffraction_bytes(
-        amplitudes=data.amplitudes, scan_index=data.scan_index, mask=data.mask, metadata=data.metadata,
-    ))
+    write_diffraction(diffraction, amplitudes=data.amplitudes, scan_index=data.scan_index, mask=data.mask, metadata=data.metadata)
     write_atomically(path, product_bytes(
         object_=reconstruction.object, origin=reconstruction.origin, probe=probe,
         xcoords=data.xcoords, ycoords=data.ycoords, scan_index=data.scan_index, metadata=data.metadata,
