@@ -75,3 +75,11 @@ def test_the_scale_benchmark_runs_from_the_command_line(tmp_path):
     entry = report["sizes"]["30"]["now"]
     assert entry["patterns_per_s"] > 0 and entry["by_rows"]["peak_rss_bytes"] > 0
     assert report["precision_resolved"] in ("fp32", "bf16")
+
+
+def test_the_scale_benchmark_measures_the_childs_own_memory_not_its_parents(tmp_path):
+    """Linux carries a parent's resident size at fork into the child's ru_maxrss; the child reports its own VmHWM."""
+    ballast = np.ones(512 << 17)  # 512 MiB, touched, held by this (the parent) process
+    child = scale.run_child(["infer", "--help"], tmp_path)
+    assert 0 < child["peak_rss_bytes"] < ballast.nbytes
+    assert "usage" in child["stdout"]

@@ -14,7 +14,7 @@ rows) runs in a child process ``--repeats`` times. Reported per size, as medians
 
 - **patterns/s**: positions / the reconstruction's own time (``infer_stats.json``: the network's
   forward passes, the phase synchronisation and the stitching, everything but start-up and files);
-- the child's peak resident memory (``ru_maxrss`` of that child alone, from ``os.wait4``) and the
+- the child's peak resident memory (its own VmHWM, ``peak_resident_bytes``) and the
   stage's wall time (start to exit: imports, bundle check, reconstruction, NPZ, product, PNG);
 - rPIE's cost per sweep over the same scan (``baseline:`` defaults, one sweep in a child; rPIE needs
   tens of sweeps, the network one pass).
@@ -129,30 +129,58 @@ def write_bundle(folder: Path, size: int) -> Path:
     return path
 
 
-def run_child(command: list[str], folder: Path) -> dict:
-    """Run ``command``; its wall time and its own peak resident memory (bytes; Linux reports KiB)."""
+def peak_resident_bytes() -> int:
+    """This process's own peak resident memory: VmHWM of /proc/self/status (Linux), else ru_maxrss.
+
+    Not ``ru_maxrss`` from ``wait4`` in the parent: Linux carries the parent's resident size at
+    fork over into the child's ``ru_maxrss`` (the benchmark's parent, having simulated the default
+    data and written the scan, made a 609 MiB ``ptycho infer`` read 995 MiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def run_child(arguments: list[str], folder: Path) -> dict:
+    """Run ``python -m ptycho.benchmarks.scale --measured PEAK_FILE *arguments``: its wall time, its
+    stdout and the peak resident memory it reports itself (bytes, ``peak_resident_bytes``)."""
+    peak_file = folder / "child_peak_bytes.txt"
+    command = [sys.executable, "-m", "ptycho.benchmarks.scale", "--measured", str(peak_file), *arguments]
     started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    output = child.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(child.pid, 0)
+    child = subprocess.run(command, cwd=folder, capture_output=True)
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    error = child.stderr.read().decode(errors="replace")
-    child.stdout.close()
-    child.stderr.close()
     if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{error[-2000:]}")
-    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return {"peak_rss_bytes": peak, "wall_s": seconds, "stdout": output}
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{child.stderr.decode(errors='replace')[-2000:]}")
+    return {"peak_rss_bytes": int(peak_file.read_text()), "wall_s": seconds, "stdout": child.stdout.decode(errors="replace")}
+
+
+def measured_child(argv: list[str]) -> int:
+    """``--measured PEAK_FILE ARGS``: run the child ARGS (``--child-...`` or ``infer ...``), then write its peak memory."""
+    peak_file, arguments = argv[0], argv[1:]
+    try:
+        if arguments[0] == "--child-in-memory":
+            return child_in_memory(arguments[1:])
+        if arguments[0] == "--child-rpie-sweep":
+            return child_rpie_sweep(arguments[1:])
+        from ptycho import cli
+
+        return cli.main(arguments)
+    finally:
+        Path(peak_file).write_text(str(peak_resident_bytes()))
 
 
 def infer_command(scan: Path, bundle: Path, out: Path, params: Path, in_memory: bool) -> list[str]:
     files = ["--reconstruction", str(out / "reconstruction.npz"), "--figure", str(out / "reconstruction.png"),
              "--stats", str(out / "infer_stats.json")]
     if in_memory:
-        return [sys.executable, "-m", "ptycho.benchmarks.scale", "--child-in-memory", str(scan), str(bundle), str(params), *files]
-    return [sys.executable, "-m", "ptycho.cli", "infer", "--params", str(params), "--test-data", str(scan),
-            "--bundle", str(bundle), *files, "--product", str(out / "reconstruction_product.h5")]
+        return ["--child-in-memory", str(scan), str(bundle), str(params), *files]
+    return ["infer", "--params", str(params), "--test-data", str(scan), "--bundle", str(bundle), *files,
+            "--product", str(out / "reconstruction_product.h5")]
 
 
 def child_in_memory(argv: list[str]) -> int:
@@ -197,16 +225,14 @@ def measure(setup: Setup, scan: Path, bundle: Path, folder: Path, repeats: int, 
 
 
 def rpie_sweep_s(scan: Path, folder: Path, repeats: int) -> float:
-    command = [sys.executable, "-m", "ptycho.benchmarks.scale", "--child-rpie-sweep", str(scan)]
+    command = ["--child-rpie-sweep", str(scan)]
     return statistics.median(json.loads(run_child(command, folder)["stdout"])["sweep_s"] for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--child-in-memory":
-        return child_in_memory(argv[1:])
-    if argv and argv[0] == "--child-rpie-sweep":
-        return child_rpie_sweep(argv[1:])
+    if argv and argv[0] == "--measured":
+        return measured_child(argv[1:])
     from ptycho.errors import PtychoError
 
     parser = argparse.ArgumentParser(prog="ptycho benchmark scale", description=__doc__.splitlines()[0])
