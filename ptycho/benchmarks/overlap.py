@@ -44,20 +44,38 @@ from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConf
 
 SMALL = dict(N=32, train_object_px=112, test_object_px=72, step_px=4.0, probe_diameter_px=8.0, feature_px=4.0, jitter_px=0.25)
 VARIANTS = {
-    "g1": dict(gridsize=1, grouping="random"),
-    "g2c": dict(gridsize=2, grouping="canonical"),
-    "g3c": dict(gridsize=3, grouping="canonical"),
-    "g2r": dict(gridsize=2, grouping="random"),
+    "g1": dict(model=dict(gridsize=1, grouping="random")),
+    "g2c": dict(model=dict(gridsize=2, grouping="canonical")),
+    "g3c": dict(model=dict(gridsize=3, grouping="canonical")),
+    "g2r": dict(model=dict(gridsize=2, grouping="random")),
+    # The offsets as 2 C constant input planes instead of the learned per-channel encoding.
+    "g2c-planes": dict(model=dict(gridsize=2, grouping="canonical", offset_input="planes")),
+    "g3c-planes": dict(model=dict(gridsize=3, grouping="canonical", offset_input="planes")),
+    # Capacity and training length (the gridsize-1 network under-fits: its training object scores
+    # no better than the test object, at the same data R-factor).
+    "g1-e100": dict(model=dict(gridsize=1), train=dict(epochs=100)),
+    "g2c-e100": dict(model=dict(gridsize=2, grouping="canonical"), train=dict(epochs=100)),
+    "g1-wide": dict(model=dict(gridsize=1, n_filters_scale=1.0)),
+    "g1-punet": dict(model=dict(gridsize=1, backbone="projection_unet")),
+    # More training positions: a 512 px training object (4 x the patterns), the same test scan.
+    "g1-big": dict(model=dict(gridsize=1), train_data=dict(train_object_px=512)),
 }
+"""Per variant, overrides of ``model`` and ``train`` (``TrainConfig``; ``--epochs`` unless set here)
+and ``train_data`` (``PrepareConfig`` fields of a separately simulated training scan; the test
+scan stays the data kind's own, simulated kinds only)."""
+
 KEYS = ("amplitude.ssim", "phase.ssim", "twin.fraction", "twin.blend", "twin.consensus", "twin.switched", "data.r_factor", "wall_time_s")
 
 
-def prepared(kind: str, folder: Path, size: str = "small"):
+def prepared(kind: str, folder: Path, size: str = "small", overrides: dict | None = None):
     """(train, test) datasets of one data kind (module docstring); ``size`` "default": the simulated
-    kinds at the params.yaml size (N = 64), not the small one."""
+    kinds at the params.yaml size (N = 64), not the small one; ``overrides``: PrepareConfig fields."""
     folder.mkdir(parents=True, exist_ok=True)
+    if overrides and kind not in ("default", "gaussian"):
+        raise SystemExit(f"--variants: a variant with its own training scan needs a simulated data kind, not {kind!r}")
     if kind in ("default", "gaussian"):
-        config = dataclasses.replace(PrepareConfig(), **(SMALL if size == "small" else {}), probe_kind="gaussian" if kind == "gaussian" else "aperture")
+        settings = {**(SMALL if size == "small" else {}), "probe_kind": "gaussian" if kind == "gaussian" else "aperture", **(overrides or {})}
+        config = dataclasses.replace(PrepareConfig(), **settings)
         return workflows.prepare(config, folder / "train.npz", folder / "test.npz", folder / "preview.png")
     if kind == "foreign":
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
@@ -117,13 +135,17 @@ def run(kinds, variants, seeds, epochs: int, folder: Path, on_record, size: str 
                            data_folder / "baseline_stats.json", data_folder / "baseline.png")
         baseline_s = time.perf_counter() - started
         for name in variants:
+            spec = VARIANTS[name]
+            train_data = train
+            if "train_data" in spec:  # another training scan, the same test scan
+                train_data, _ = prepared(kind, data_folder / f"{name}_train", size, spec["train_data"])
             for seed in seeds:
                 run_folder = data_folder / f"{name}_seed{seed}"
                 run_folder.mkdir(parents=True, exist_ok=True)
-                model = ModelConfig(**VARIANTS[name])
-                train_config = dataclasses.replace(TrainConfig(), seed=seed, epochs=epochs, num_threads=1)
+                model = ModelConfig(**spec.get("model", {}))
+                train_config = dataclasses.replace(TrainConfig(), **{"seed": seed, "epochs": epochs, "num_threads": 1, **spec.get("train", {})})
                 load = os.getloadavg()[0]
-                summary = workflows.train(train, model, train_config, run_folder / "wts.h5.zip", run_folder / "history.csv",
+                summary = workflows.train(train_data, model, train_config, run_folder / "wts.h5.zip", run_folder / "history.csv",
                                           run_folder / "train_metrics.json", run_folder / "checkpoints")
                 for consensus in (False, True):
                     label = f"{name}+tc" if consensus else name
