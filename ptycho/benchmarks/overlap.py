@@ -156,8 +156,24 @@ def picked(report: dict) -> dict:
     return {key: (round(report[key], 4) if isinstance(report.get(key), float) else report.get(key)) for key in KEYS}
 
 
-def run(kinds, variants, seeds, epochs: int, folder: Path, on_record, size: str = "small") -> None:
-    """Every (data, variant, seed) in ``folder``; ``on_record`` gets each record as it is made."""
+def parse_settings(items: list[str]) -> dict[str, dict]:
+    """``--set`` items "model.key=value" / "train.key=value" (YAML values) as {"model": {...}, "train": {...}}."""
+    import yaml
+
+    settings: dict[str, dict] = {"model": {}, "train": {}}
+    for item in items:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        if section not in settings or not field or not value:
+            raise SystemExit(f"--set: expected model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
+        settings[section][field] = yaml.safe_load(value)
+    return settings
+
+
+def run(kinds, variants, seeds, epochs: int, folder: Path, on_record, size: str = "small", settings: dict | None = None) -> None:
+    """Every (data, variant, seed) in ``folder``; ``on_record`` gets each record as it is made.
+    ``settings`` ({"model": {...}, "train": {...}}, from ``--set``) override every variant's own."""
+    settings = settings or {"model": {}, "train": {}}
     evaluate = EvaluateConfig(margin_px=2 if size == "small" else 4)
     for kind in kinds:
         data_folder = folder / kind
@@ -174,8 +190,9 @@ def run(kinds, variants, seeds, epochs: int, folder: Path, on_record, size: str 
             for seed in seeds:
                 run_folder = data_folder / f"{name}_seed{seed}"
                 run_folder.mkdir(parents=True, exist_ok=True)
-                model = ModelConfig(**spec.get("model", {}))
-                train_config = dataclasses.replace(TrainConfig(), **{"seed": seed, "epochs": epochs, "num_threads": 1, **spec.get("train", {})})
+                model = ModelConfig(**{**spec.get("model", {}), **settings["model"]})
+                model.check()
+                train_config = dataclasses.replace(TrainConfig(), **{"seed": seed, "epochs": epochs, "num_threads": 1, **spec.get("train", {}), **settings["train"]})
                 load = os.getloadavg()[0]
                 summary = workflows.train(train_data, model, train_config, run_folder / "wts.h5.zip", run_folder / "history.csv",
                                           run_folder / "train_metrics.json", run_folder / "checkpoints")
@@ -193,7 +210,7 @@ def run(kinds, variants, seeds, epochs: int, folder: Path, on_record, size: str 
                         evaluate, run_folder / f"{stem}_metrics.json", run_folder / f"{stem}_frc.csv", run_folder / f"{stem}_comparison.png",
                     )
                     record = {
-                        "data": kind, "variant": label, "seed": seed, "network": picked(report["pinn"]),
+                        "data": kind, "variant": label, "seed": seed, "set": settings, "network": picked(report["pinn"]),
                         "rpie30": picked(report["baseline"]), "rpie30_wall_time_s": round(baseline_s, 2),
                         "network_patches": patch_twin_scores(bundle_path, test), "adapt_wall_time_s": adapt_s and round(adapt_s, 2),
                         "train_wall_time_s": summary.metrics["wall_time_s"], "epochs_run": summary.metrics["epochs_run"],
@@ -228,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=["small", "default"], default="small", help="default: the simulated kinds at N = 64")
     parser.add_argument("--output", default="results/overlap.json")
     parser.add_argument("--folder", default=None, help="working folder (default: a temporary one, removed)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="model / train settings for every variant, e.g. model.window_share=0.999 train.epochs=60")
     args = parser.parse_args(argv)
+    settings = parse_settings(args.set)
     records: list[dict] = []
 
     def write(record: dict) -> None:
@@ -238,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(args.folder) if args.folder else Path(temporary)
-        run(args.data, args.variants, args.seeds, args.epochs, folder, lambda record: (records.append(record), write(record)), args.size)
+        run(args.data, args.variants, args.seeds, args.epochs, folder, lambda record: (records.append(record), write(record)), args.size, settings)
 
 
 if __name__ == "__main__":
