@@ -242,7 +242,7 @@ class ModelConfig(Section):
     offset_input: str = "encoding"  # canonical groups: encoding | planes (ptycho.model.Architecture.offset_input)
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     backbone: str = "cnn"  # the network family, one of ptycho.nn.NAMES (params key before format 3 of the bundle: architecture)
-    window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
+    window_share: float = 0.999  # predicted window: smallest centred square with this share of |P|^2 (0.99 cut the default probe: README "Predicted window")
 
     def check(self) -> None:
         from ptycho.nn import NAMES
