@@ -3,6 +3,10 @@ without twin consensus, over several training seeds and three kinds of data.
 
     python -m ptycho.benchmarks.overlap [--data default gaussian foreign] [--variants g1 g2c g3c]
         [--seeds 1 2 3] [--epochs 30] [--size small|default] [--output results/overlap.json] [--folder DIR]
+        [--set model.KEY=VALUE train.KEY=VALUE ...]
+
+The README table "At the default size" (section "The twin image and overlap groups") is
+    python -m ptycho.benchmarks.overlap --data default --size default --variants g1-w99 g1 g2c g2c-planes --seeds 1 2 3
 
 Data (all small, N = 32, so that a seed grid runs on a laptop; the truth is known for each):
 - ``default``: the params.yaml simulation at the CI's reduced size (N 32, objects 112 / 72 px,
@@ -16,8 +20,11 @@ Data (all small, N = 32, so that a seed grid runs on a laptop; the truth is know
 ``network_patches``: the twin scores of the network's own patches before stitching
 (``patch_twin_scores``): where the stitched object hides a minority of twins, these show them.
 
-Variants: ``g1`` gridsize 1; ``g2c`` / ``g3c`` gridsize 2 / 3 with the canonical grouping;
-``g2r`` gridsize 2 with the random grouping (the first design). Each trained model is inferred
+Variants (``VARIANTS``): ``g1`` gridsize 1; ``g2c`` / ``g3c`` gridsize 2 / 3 with the canonical grouping;
+``g2r`` gridsize 2 with the random grouping (the first design); ``-planes``: the offsets as input
+planes; ``-w99`` ... ``-w9999``: the predicted window's share of |P|^2; ``-wide``, ``-e100``: twice
+the width, 100 epochs; ``-tta``: test-time adaptation (``adapted``); ``-big``: a 4 x larger training
+object (the test scan unchanged). Each trained model is inferred
 twice, without and with ``infer.twin_consensus`` (suffix ``+tc``). rPIE-30 (the baseline) runs
 once per data kind. Every record: amplitude / phase SSIM from ``evaluate``, the twin fraction,
 blend and neighbour consensus, train and inference wall time, and the 1-minute load average.
