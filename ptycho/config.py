@@ -239,9 +239,10 @@ class ModelConfig(Section):
     gridsize: int = 1  # C = gridsize**2 patterns per group (one of GRIDSIZES; 3 only with the canonical grouping)
     n_neighbours: int = 7  # random grouping: K nearest neighbours a group is drawn from (K >= C)
     grouping: str = "random"  # random | canonical (ptycho.grouping: fixed template, offsets seen by the network)
+    offset_input: str = "encoding"  # canonical groups: encoding | planes (ptycho.model.Architecture.offset_input)
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     backbone: str = "cnn"  # the network family, one of ptycho.nn.NAMES (params key before format 3 of the bundle: architecture)
-    window_share: float = 0.99  # predicted window: smallest centred square with this share of |P|^2
+    window_share: float = 0.999  # predicted window: smallest centred square with this share of |P|^2 (0.99 cut the default probe: README "Predicted window")
 
     def check(self) -> None:
         from ptycho.nn import NAMES
@@ -251,10 +252,16 @@ class ModelConfig(Section):
         from ptycho.grouping import GROUPINGS
 
         _require(self.grouping in GROUPINGS, "model.grouping", f"allowed values are {list(GROUPINGS)}; got {self.grouping!r}")
+        from ptycho.model import OFFSET_INPUTS
+
+        _require(self.offset_input in OFFSET_INPUTS, "model.offset_input", f"allowed values are {list(OFFSET_INPUTS)}; got {self.offset_input!r}")
+        _require(self.offset_input == "encoding" or self.backbone == "cnn", "model.offset_input",
+                 f"planes need backbone cnn (the {self.backbone} backbone takes the C patterns only)")
         sizes = GRIDSIZES if self.grouping == "canonical" else RANDOM_GRIDSIZES
         _require(self.gridsize in sizes, "model.gridsize", f"allowed values with grouping {self.grouping} are {', '.join(map(str, sizes))}; got {self.gridsize}")
         channels = self.gridsize**2
-        _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
+        if self.grouping == "random":  # the canonical grouping does not use it
+            _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
         _require(self.n_filters_scale > 0, "model.n_filters_scale", f"must be > 0, got {self.n_filters_scale}")
 
 

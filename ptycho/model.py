@@ -38,6 +38,7 @@ from ptycho.nn import NAMES as BACKBONE_NAMES
 from ptycho.nn import build_backbone
 
 AMPLITUDE_ACTIVATIONS = ("exp", "sigmoid")
+OFFSET_INPUTS = ("encoding", "planes")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Architecture:
     near 1) or "sigmoid" (bounded by 1, the format-1 head). grouping: how groups are laid out
     (``ptycho.grouping.GROUPINGS``); "canonical" gives the network the group's offsets as input
     and makes inference keep each group's seed patch only (format 3; older bundles: "random").
+    offset_input: how canonical groups give the offsets to the network: "encoding" (a learned
+    constant per channel added to its pattern) or "planes" (2 C constant input planes, dx and dy
+    of each channel in units of N, beside the patterns; the CNN only). Older bundles: "encoding".
     """
 
     N: int
@@ -61,6 +65,7 @@ class Architecture:
     window_px: int = 0
     amplitude_activation: str = "exp"
     grouping: str = "random"
+    offset_input: str = "encoding"
 
     def __post_init__(self):
         if self.window_px == 0:
@@ -75,6 +80,15 @@ class Architecture:
             raise ValueError(f"amplitude_activation must be one of {list(AMPLITUDE_ACTIVATIONS)}, got {self.amplitude_activation!r}")
         if self.grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {self.grouping!r}")
+        if self.offset_input not in OFFSET_INPUTS:
+            raise ValueError(f"offset_input must be one of {list(OFFSET_INPUTS)}, got {self.offset_input!r}")
+
+    @property
+    def offset_planes(self) -> int:
+        """Input planes besides the patterns: 2 C offset planes for canonical groups with
+        ``offset_input`` "planes", else 0."""
+        canonical = self.grouping == "canonical" and self.channels > 1
+        return 2 * self.channels if canonical and self.offset_input == "planes" else 0
 
     @property
     def channels(self) -> int:
@@ -112,7 +126,7 @@ class DiffractionToObject(nn.Module):
         self.backbone = build_backbone(
             architecture.backbone, size, architecture.channels, architecture.n_filters_scale, full_resolution=window > size // 2,
             probe=probe if probe is not None else torch.ones(size, size, dtype=torch.complex64),
-            intensity_scale=intensity_scale, probe_scale=probe_scale,
+            intensity_scale=intensity_scale, probe_scale=probe_scale, extra_planes=architecture.offset_planes,
         )
         self.register_buffer("intensity_scale", torch.tensor(float(intensity_scale), dtype=torch.float32))
         self.register_buffer("support", window_mask(size, window))
@@ -126,7 +140,7 @@ class DiffractionToObject(nn.Module):
         # channel of the input, zero at the start (the plain network). Done here, not in the
         # backbone, so that every backbone sees them.
         self.offset_encoding = None
-        if architecture.grouping == "canonical" and architecture.channels > 1:
+        if architecture.grouping == "canonical" and architecture.channels > 1 and not architecture.offset_planes:
             self.offset_encoding = nn.Linear(2 * architecture.channels, architecture.channels)
             nn.init.zeros_(self.offset_encoding.weight)
             nn.init.zeros_(self.offset_encoding.bias)
@@ -139,6 +153,9 @@ class DiffractionToObject(nn.Module):
         if self.offset_encoding is not None:
             encoded = self.offset_encoding(offsets_xy.reshape(offsets_xy.shape[0], -1).to(inputs.dtype) / self.architecture.N)
             inputs = inputs + encoded[..., None, None]
+        if self.architecture.offset_planes:
+            planes = (offsets_xy.to(inputs.dtype) / self.architecture.N).reshape(offsets_xy.shape[0], -1, 1, 1)
+            inputs = torch.cat([inputs, planes.expand(-1, -1, *inputs.shape[-2:])], dim=1)
         raw_amplitude, raw_phase = self.backbone(inputs)
         size, window = self.architecture.N, self.architecture.window_px
         start = (raw_amplitude.shape[-1] - window) // 2  # crop the window out of an N x N map

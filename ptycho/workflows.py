@@ -166,6 +166,7 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     architecture = Architecture(
         N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
         backbone=model_config.backbone, window_px=window_px, grouping=model_config.grouping,
+        offset_input=model_config.offset_input,
     )
     groups = make_groups(
         train_data.xcoords, train_data.ycoords, model_config.gridsize, model_config.n_neighbours,

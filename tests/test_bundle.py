@@ -802,3 +802,23 @@ def test_canonical_grouping_round_trips_with_its_offset_encoding(tmp_path, grids
         output = loaded.diffraction_to_obj(amplitudes, offsets)
         assert torch.equal(output, diffraction_to_obj(amplitudes, offsets))
         assert not torch.allclose(output, loaded.diffraction_to_obj(amplitudes, offsets * 0))
+
+
+def test_offset_planes_round_trip_and_older_bundles_read_as_the_encoding(tmp_path):
+    shape = Architecture(N=N, gridsize=2, n_filters_scale=0.125, grouping="canonical", offset_input="planes")
+    torch.manual_seed(0)
+    autoencoder, diffraction_to_obj = build_models(shape, np.ones((N, N), np.complex64), intensity_scale=2.0)
+    assert diffraction_to_obj.offset_encoding is None  # the planes replace the learned encoding
+    save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, shape, extras=EXTRAS)
+    loaded = load_bundle(tmp_path / "wts.h5.zip")
+    assert loaded.architecture == shape
+    amplitudes, offsets = inputs(2)
+    diffraction_to_obj.eval()
+    with torch.no_grad():
+        output = loaded.diffraction_to_obj(amplitudes, offsets)
+        assert torch.equal(output, diffraction_to_obj(amplitudes, offsets))
+        assert not torch.allclose(output, loaded.diffraction_to_obj(amplitudes, offsets * 0))
+    # A bundle written before the field existed has no 'offset_input': it is the encoding.
+    older = shape.to_dict()
+    del older["offset_input"]
+    assert schema.parse_architecture("wts.h5", json.dumps(older)).offset_input == "encoding"

@@ -157,3 +157,11 @@ def test_the_old_params_key_architecture_is_read_as_backbone():
         config.section_from_mapping(ModelConfig, "model", {"architecture": "cnn", "backbone": "cnn"})
     with pytest.raises(ConfigError, match=r"model\.backbone: allowed values"):
         config.section_from_mapping(ModelConfig, "model", {"architecture": "resnet"})
+
+
+def test_canonical_3x3_needs_no_n_neighbours_and_offset_planes_need_the_cnn():
+    ModelConfig(gridsize=3, grouping="canonical").check()  # n_neighbours 7 < 9: unused by the canonical grouping
+    with pytest.raises(ConfigError, match="model.offset_input"):
+        ModelConfig(gridsize=2, grouping="canonical", offset_input="planes", backbone="projection_unet").check()
+    with pytest.raises(ConfigError, match="model.offset_input"):
+        ModelConfig(offset_input="rings").check()

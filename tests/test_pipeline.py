@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "prepare": {"N": 32, "train_object_px": 96, "test_object_px": 72, "step_px": 5.0, "probe_diameter_px": 8.0, "feature_px": 4.0, "nphotons": 1e5,
                 "detector_crop_px": 0},  # the check's figures were set on 32 px patterns
-    "model": {"n_filters_scale": 0.125},
+    # and a 16 px window (share 0.99): a 2-epoch network with the default 0.999 window (22 px here) can
+    # come out anti-correlated, which the check's Pearson >= 0 refuses; the mechanics are what is tested
+    "model": {"n_filters_scale": 0.125, "window_share": 0.99},
     "train": {"epochs": 2},
     "infer": {},
     "evaluate": {"margin_px": 2},

@@ -42,7 +42,10 @@ def test_training_loss_falls_for_gridsize_two(tmp_path):
 def test_train_workflow_writes_a_loadable_bundle_and_history(trained_run):
     bundle = load_bundle(trained_run.bundle_path)
     assert isinstance(bundle.autoencoder, nn.Module) and isinstance(bundle.diffraction_to_obj, nn.Module)
-    assert bundle.architecture == Architecture(32, 1, 0.25)
+    from ptycho.data import load_dataset
+
+    window = physics.probe_window(load_dataset(trained_run.train_path).probe, SMALL_MODEL.window_share)
+    assert bundle.architecture == Architecture(32, 1, 0.25, window_px=window)
     history = (trained_run.folder / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 1 + trained_run.summary.metrics["epochs_run"]
     assert bundle.extras["history.csv"].decode().splitlines() == history

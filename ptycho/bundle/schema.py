@@ -19,7 +19,7 @@ from ptycho.config import GRIDSIZES, coerce
 from ptycho.data import MIN_PATTERN_SIZE
 from ptycho.errors import BundleError, ConfigError
 from ptycho.grouping import GROUPINGS
-from ptycho.model import AMPLITUDE_ACTIVATIONS, BACKBONE_NAMES, Architecture, build_models
+from ptycho.model import AMPLITUDE_ACTIVATIONS, BACKBONE_NAMES, OFFSET_INPUTS, Architecture, build_models
 
 FORMAT = "ptycho-bundle"
 FORMAT_VERSION = 3
@@ -84,6 +84,7 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
     "window_px": Allowed(0, 1024, step=2),  # 0 = N/2; Architecture checks N/2 <= w <= N
     "amplitude_activation": Allowed(choices=AMPLITUDE_ACTIVATIONS),
     "grouping": Allowed(choices=GROUPINGS),  # format 3; older bundles: "random"
+    "offset_input": Allowed(choices=OFFSET_INPUTS),  # older bundles: "encoding"
 }
 
 # Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a

@@ -18,15 +18,18 @@ NAMES = ("cnn", "projection_unet")
 
 def build_backbone(
     name: str, size: int, channels: int, n_filters_scale: float, full_resolution: bool, *,
-    probe: torch.Tensor, intensity_scale: float, probe_scale: float,
+    probe: torch.Tensor, intensity_scale: float, probe_scale: float, extra_planes: int = 0,
 ) -> nn.Module:
     """The backbone called ``name`` for patterns of N = ``size`` and C = ``channels``.
 
     cnn: the PtychoPINN reference (maps of N/2, or N when ``full_resolution``).
     projection_unet: physics projection with the calibrated probe, then a U-Net (maps of N).
+    ``extra_planes``: input planes besides the C patterns (the CNN only: the offset planes).
     """
+    if extra_planes and name != "cnn":
+        raise ValueError(f"extra input planes (model.offset_input: planes) need the cnn backbone, not {name!r}")
     if name == "cnn":
-        return CNN(size, channels, n_filters_scale, full_resolution)
+        return CNN(size, channels, n_filters_scale, full_resolution, in_channels=channels + extra_planes)
     if name == "projection_unet":
         return ProjectionUNet(size, channels, n_filters_scale, probe, intensity_scale, probe_scale)
     raise ValueError(f"unknown backbone {name!r}; known: {list(NAMES)}")

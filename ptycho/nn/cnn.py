@@ -71,7 +71,7 @@ class CNN(nn.Module):
     S = N/2 when ``full_resolution`` is False (the window is N/2), else N.
     """
 
-    def __init__(self, size: int, channels: int, n_filters_scale: float, full_resolution: bool):
+    def __init__(self, size: int, channels: int, n_filters_scale: float, full_resolution: bool, in_channels: int | None = None):
         super().__init__()
         if size < 16 or size % 2:
             raise ValueError(f"the CNN needs an even pattern size N >= 16, got {size}")
@@ -80,7 +80,7 @@ class CNN(nn.Module):
         self.full_resolution = full_resolution
         self.padding = padding_to_multiple(size, 2 ** len(widths))
         layers: list[nn.Module] = []
-        in_channels = channels
+        in_channels = in_channels or channels  # more than C: extra input planes (offset planes)
         for width in widths:
             layers += conv_pair(in_channels, width) + [nn.MaxPool2d(2)]
             in_channels = width
