@@ -208,7 +208,7 @@ def reconstruct(
                 values.memory[chosen] = twin_values.memory[chosen]
                 switched = float(chosen.mean()) if count else 0.0
             if diagnostics is not None:
-                consensus = twin.neighbour_consensus(torch.from_numpy(values.memory), corners) if values.memory is not None else float("nan")
+                consensus = twin.neighbour_consensus(torch.from_numpy(values.memory), corners, stitcher.support.numpy()) if values.memory is not None else float("nan")
                 diagnostics.update({"twin.consensus": consensus, "twin.switched": switched})
             phases = None
             if config.phase_sync is PhaseSync.ANGULAR:
