@@ -156,6 +156,9 @@ def run_pie(
     far field is scaled by the same A / |F|, the object step uses Σ_k conj(P_k) Δψ_k over the
     illumination Σ_k |P_k|², and each mode gets its own probe step.
     """
+    if not isinstance(settings.iterations, int):
+        raise ConfigError(f"{settings.SECTION}.iterations: run_pie needs a number of sweeps, got {settings.iterations!r} "
+                          "(auto is refine's stop rule: ptycho.iterative.refinement.refine_scan)")
     run = PieRun(data, settings, initial=initial)
     # disable=None: no bar when stderr is not a terminal (CI, dvc queue logs), where each refresh is a line
     sweeps = tqdm(range(settings.iterations), desc=f"baseline-{settings.algorithm.value}", disable=None if progress else True)
