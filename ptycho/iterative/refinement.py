@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import torch
-
 from ptycho.config import AUTO, RefineConfig, RefineStart
 from ptycho.data import PtychoDataset
 from ptycho.errors import ConfigError
@@ -57,13 +55,13 @@ def plateaued(errors: list[float], tolerance: float) -> bool:
 
 def refine_scan(
     data: PtychoDataset, network: Reconstruction, settings: RefineConfig,
-    *, on_sweep: Callable[[int, torch.Tensor], bool] | None = None,
+    *, on_sweep: Callable[[PieRun], bool] | None = None,
 ) -> Refinement:
     """Refine the network's reconstruction of ``data`` (module docstring: start and stop).
 
-    ``on_sweep(sweeps_done, object)``, if given, sees the canvas object (H, W) of the run kept after
-    each of its sweeps from the choice on (the first call comes after the trial sweeps) and ends
-    the run by returning True (for benchmarks).
+    ``on_sweep(run)``, if given, sees the run kept (``PieRun``: not to be modified) after each of
+    its sweeps from the choice on (the first call comes after the trial sweeps) and ends the run
+    by returning True (for benchmarks).
     """
     if not isinstance(settings, RefineConfig):
         raise ConfigError(f"refine: expected RefineConfig, got {type(settings).__name__}")
@@ -88,7 +86,7 @@ def refine_scan(
 
     stop_reason = "max_iterations" if auto else "iterations"
     while True:
-        if run.errors and on_sweep is not None and on_sweep(len(run.errors), run.obj):
+        if run.errors and on_sweep is not None and on_sweep(run):
             stop_reason = "stopped by the caller"
             break
         if auto and plateaued(run.errors, settings.tolerance):
