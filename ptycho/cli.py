@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -112,7 +113,9 @@ def _refine(args: argparse.Namespace) -> None:
         load_dataset(args.test_data, by_rows=True), args.reconstruction, args.infer_stats, refine_config,
         args.refined, args.history, args.stats, args.figure,
     )
-    print(f"refine: wrote {args.refined}; error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} sweeps")
+    stats = json.loads(Path(args.stats).read_text())
+    print(f"refine: wrote {args.refined}; from the {stats['start']} start, error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} sweeps "
+          f"({stats['stop_reason']})")
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -115,8 +115,16 @@ class Algorithm(str, enum.Enum):
     RPIE = "rpie"
 
 
+class RefineStart(str, enum.Enum):
+    """Where ``refine`` starts the iterative engine (``ptycho.iterative.refinement``)."""
+
+    AUTO = "auto"  # trial sweeps from both starts; the one with the lower data error goes on (recorded)
+    NETWORK = "network"  # the network's object and calibrated probe
+    FLAT = "flat"  # a flat object |O| = 1 with the data's calibrated probe, as `baseline`
+
+
 AUTO = "auto"
-"""The one string value of ``prepare.detector_crop_px`` (an integer otherwise)."""
+"""The one string value of ``prepare.detector_crop_px`` and ``refine.iterations`` (integers otherwise)."""
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -406,12 +414,15 @@ class BaselineConfig(Section):
 
     def check(self) -> None:
         where = self.SECTION
-        _require(self.iterations >= 1, f"{where}.iterations", f"must be >= 1, got {self.iterations}")
+        self.check_iterations()
         _require(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
         for key in ("object_step", "probe_step"):
             value = getattr(self, key)
             _require(value > 0, f"{where}.{key}", f"must be a finite number > 0, got {value!r}")
         _require(0.0 < self.rpie_alpha <= 1.0, f"{where}.rpie_alpha", f"must be in (0, 1], got {self.rpie_alpha!r}")
+
+    def check_iterations(self) -> None:
+        _require(self.iterations >= 1, f"{self.SECTION}.iterations", f"must be >= 1, got {self.iterations}")
 
 
 @dataclass(frozen=True)
@@ -420,7 +431,23 @@ class RefineConfig(BaselineConfig):
     network's reconstruction (object and calibrated probe) instead of a flat object."""
 
     SECTION: ClassVar[str] = "refine"
-    iterations: int = 5
+    iterations: int | str = 5  # sweeps (>= 1), or auto: until a sweep lowers the data error by less than `tolerance`
+    start: RefineStart = RefineStart.AUTO
+    trial_sweeps: int = 2  # start: auto: sweeps run from each start before the data errors are compared (they count)
+    tolerance: float = 0.01  # iterations: auto: stop when a sweep lowers the data error by less than this share (0 < t < 1)
+    max_iterations: int = 30  # iterations: auto: at most this many sweeps
+
+    def check(self) -> None:
+        super().check()
+        where = self.SECTION
+        _require(self.trial_sweeps >= 1, f"{where}.trial_sweeps", f"must be >= 1, got {self.trial_sweeps}")
+        _require(0.0 < self.tolerance < 1.0, f"{where}.tolerance",
+                 f"must be in (0, 1), the share by which a sweep must lower the data error to go on; got {self.tolerance!r}")
+        _require(self.max_iterations >= 1, f"{where}.max_iterations", f"must be >= 1, got {self.max_iterations}")
+
+    def check_iterations(self) -> None:
+        if self.iterations != AUTO:
+            _require(self.iterations >= 1, f"{self.SECTION}.iterations", f"must be >= 1 or auto, got {self.iterations}")
 
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -467,6 +494,12 @@ def coerce(where: str, annotation: Any, value: Any, *, from_yaml: bool = True) -
             return value
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ConfigError(f"{where}: expected auto, an integer or null, got {value!r}")
+        return int(value)
+    if annotation == (int | str):  # refine.iterations: a number of sweeps or auto
+        if isinstance(value, str) and value == AUTO:
+            return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(f"{where}: expected auto or an integer, got {value!r}")
         return int(value)
     if annotation is str:
         if isinstance(value, bool) or not isinstance(value, (str, int) if from_yaml else str):

@@ -386,22 +386,27 @@ def refine(
     test_data: PtychoDataset, reconstruction_path: str | Path, infer_stats_path: str | Path, config: RefineConfig,
     refined_path: str | Path, history_path: str | Path, stats_path: str | Path, figure_path: str | Path,
 ) -> list[float]:
-    """Network + refinement: ``config.iterations`` sweeps of the iterative engine started from the
-    network's reconstruction (its object and calibrated probe). The stats count the network's
-    inference time too, so ``wall_time_s`` is what the hybrid costs from diffraction to object."""
+    """Network + refinement: sweeps of the iterative engine from the network's reconstruction (its
+    object and calibrated probe) or, where that explains the patterns worse, from a flat object,
+    for ``config.iterations`` sweeps or until the data error stops falling
+    (``ptycho.iterative.refinement``). The stats say which start was used, the trial errors and
+    why it stopped; they count the network's inference time too, so ``wall_time_s`` is what the
+    hybrid costs from diffraction to object."""
     from ptycho import figures
-    from ptycho.iterative.pie import run_pie
+    from ptycho.iterative.refinement import refine_scan
     from ptycho.reconstruction import load_reconstruction, save_reconstruction
 
     network = load_reconstruction(reconstruction_path)
     network_seconds = json.loads(Path(infer_stats_path).read_text())["wall_time_s"]
     started = time.perf_counter()
-    reconstruction, errors = run_pie(test_data, config, progress=False, initial=network)
+    outcome = refine_scan(test_data, network, config)
     seconds = time.perf_counter() - started + network_seconds
-    save_reconstruction(reconstruction, refined_path)
-    figures.reconstruction_figure(reconstruction, figure_path, f"network + {config.iterations} {config.algorithm.value} sweeps")
+    errors = outcome.errors
+    save_reconstruction(outcome.reconstruction, refined_path)
+    start = "network" if outcome.start.value == "network" else "flat start"
+    figures.reconstruction_figure(outcome.reconstruction, figure_path, f"{start} + {len(errors)} {config.algorithm.value} sweeps")
     write_atomically(history_path, csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
-             "network_wall_time_s": network_seconds, "iterations": config.iterations, "final_error": errors[-1]}
+             "network_wall_time_s": network_seconds, **outcome.stats(), "final_error": errors[-1]}
     write_atomically(stats_path, json_bytes(stats))
     return errors

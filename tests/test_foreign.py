@@ -122,6 +122,15 @@ def test_a_foreign_scan_goes_through_the_pipeline_and_the_network_learns(tmp_pat
     assert baseline["amplitude.ssim"] > 0.9
     assert refined["amplitude.ssim"] > baseline["amplitude.ssim"] - 0.15
     assert refined["data.r_factor"] < network["data.r_factor"]
+    # Issue 17: network + 5 sweeps (refine, start chosen by the data error) is at least as good as
+    # 5 rPIE sweeps from flat, with 0.01 SSIM slack.
+    workflows.baseline(test, BaselineConfig(iterations=5), tmp_path / "base5.npz", tmp_path / "b5h.csv", tmp_path / "b5s.json", tmp_path / "b5.png")
+    five = workflows.evaluate(
+        test, {"pinn": tmp_path / "net.npz", "refined": tmp_path / "ref.npz", "baseline": tmp_path / "base5.npz"}, {},
+        EvaluateConfig(), tmp_path / "metrics5.json", tmp_path / "frc5.csv", tmp_path / "cmp5.png",
+    )
+    for key in ("amplitude.ssim", "phase.ssim"):
+        assert five["refined"][key] >= five["baseline"][key] - 0.01, key
 
 
 def probe_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,6 +7,8 @@
 - ``scenarios``: network, network + refinement and rPIE over scan overlap x dose.
 - ``scale``: peak memory and time of the ``infer`` stage against the number of positions.
 - ``synchronisation``: the angular phase synchronisation against the number of patches.
+- ``time_to_quality``: SSIM and data R-factor against wall time, network-based methods against
+  rPIE from flat, on scans of another simulator and on the default data.
 
 ``sweeps`` holds the per-sweep scoring that ``timing`` and ``scenarios`` share. This module
 imports nothing heavy: the command line lists the names without loading a benchmark.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-NAMES = ("timing", "scenarios", "scale", "synchronisation")
+NAMES = ("timing", "scenarios", "scale", "synchronisation", "time_to_quality")
 
 
 def positive_int(text: str) -> int:

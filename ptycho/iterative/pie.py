@@ -132,7 +132,8 @@ def run_pie(
     initial: Reconstruction | None = None,
 ) -> tuple[Reconstruction, list[float]]:
     """Reconstruct the object of a scan by ePIE/rPIE (module docstring) from a flat object, or
-    refine ``initial`` (a reconstruction of this scan on the same canvas, e.g. the network's).
+    refine ``initial`` (a reconstruction of this scan on the same canvas, e.g. the network's):
+    ``settings.iterations`` sweeps of a ``PieRun``.
 
     data: the scan (amplitudes (M, N, N), positions, probe or incoherent probe modes, optional
     detector mask; ``data.object`` is not used). Masked pixels keep the model's modulus in the
@@ -155,77 +156,98 @@ def run_pie(
     far field is scaled by the same A / |F|, the object step uses Σ_k conj(P_k) Δψ_k over the
     illumination Σ_k |P_k|², and each mode gets its own probe step.
     """
-    if not isinstance(settings, BaselineConfig):
-        raise ConfigError(f"baseline: expected BaselineConfig, got {type(settings).__name__}")
-    validate(data, "run_pie")
-    size, count = data.pattern_size, data.n_patterns
-    origin, (height, width) = canvas_frame(data.xcoords, data.ycoords, size)
-    windows = Windows.on_canvas(data.xcoords, data.ycoords, size, origin, (height, width))
-    # Patterns are read batch by batch (from their file when the dataset reads them by rows) and
-    # moved to the unshifted frame of physics.propagate as read.
-    valid = None if data.mask is None else physics.uncentre(torch.from_numpy(data.mask))
-    total_energy = float(np.sum(physics.pattern_totals(data.amplitudes)))
-    if total_energy <= 0:
-        raise DataError("run_pie: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
-
-    # The file's probe is in arbitrary units: calibrate it (all modes together) to the counts
-    # (Parseval, as the network does), so that the flat start |O| = 1 is at the scale of the
-    # solution and the result does not depend on the units of the file.
-    unit_probe, probe_scale = physics.calibrate_probe(data.all_probe_modes, data.amplitudes)
-    probe = torch.from_numpy(unit_probe) * probe_scale  # (K, N, N)
-    obj = torch.ones(height, width, dtype=torch.complex64)
-    if initial is not None:
-        obj, probe = _initial_state(initial, origin, (height, width), probe)
-    flat = obj.view(-1)
-    cache = None
-    if not settings.update_probe and count * probe.shape[0] * size * size * 8 <= _CACHE_LIMIT_BYTES:
-        cache = translate_modes(probe, windows.remainder)  # (M, K, N, N)
-        cache_intensity = (cache.real**2 + cache.imag**2).sum(dim=1)
-    steps = dict(weight=STEP_WEIGHTS[settings.algorithm], rpie_alpha=settings.rpie_alpha)
-    batch_size = min(settings.batch_size, count)
-    generator = torch.Generator().manual_seed(int(settings.seed))
-
-    errors: list[float] = []
+    if not isinstance(settings.iterations, int):
+        raise ConfigError(f"{settings.SECTION}.iterations: run_pie needs a number of sweeps, got {settings.iterations!r} "
+                          "(auto is refine's stop rule: ptycho.iterative.refinement.refine_scan)")
+    run = PieRun(data, settings, initial=initial)
     # disable=None: no bar when stderr is not a terminal (CI, dvc queue logs), where each refresh is a line
     sweeps = tqdm(range(settings.iterations), desc=f"baseline-{settings.algorithm.value}", disable=None if progress else True)
     for _ in sweeps:
-        order = torch.randperm(count, generator=generator)
+        run.sweep()
+        sweeps.set_postfix(error=f"{run.errors[-1]:.4g}")
+        if on_iteration is not None and on_iteration(len(run.errors), run.obj):
+            break
+    return run.result(), run.errors
+
+
+class PieRun:
+    """One ePIE/rPIE reconstruction in progress (``run_pie`` documents the arguments): ``sweep()``
+    runs one more sweep, ``errors`` holds the error of each sweep run, ``result()`` gives the
+    reconstruction as it stands. ``settings.iterations`` is not read: the caller decides when to
+    stop (``run_pie``: a fixed count; ``ptycho.iterative.refinement``: by the data error)."""
+
+    def __init__(self, data: PtychoDataset, settings: BaselineConfig, *, initial: Reconstruction | None = None) -> None:
+        if not isinstance(settings, BaselineConfig):
+            raise ConfigError(f"baseline: expected BaselineConfig, got {type(settings).__name__}")
+        validate(data, "run_pie")
+        size, count = data.pattern_size, data.n_patterns
+        self.origin, (height, width) = canvas_frame(data.xcoords, data.ycoords, size)
+        self.windows = Windows.on_canvas(data.xcoords, data.ycoords, size, self.origin, (height, width))
+        # Patterns are read batch by batch (from their file when the dataset reads them by rows) and
+        # moved to the unshifted frame of physics.propagate as read.
+        self.valid = None if data.mask is None else physics.uncentre(torch.from_numpy(data.mask))
+        self.total_energy = float(np.sum(physics.pattern_totals(data.amplitudes)))
+        if self.total_energy <= 0:
+            raise DataError("run_pie: key 'diffraction': all amplitudes are zero; nothing to reconstruct")
+
+        # The file's probe is in arbitrary units: calibrate it (all modes together) to the counts
+        # (Parseval, as the network does), so that the flat start |O| = 1 is at the scale of the
+        # solution and the result does not depend on the units of the file.
+        unit_probe, probe_scale = physics.calibrate_probe(data.all_probe_modes, data.amplitudes)
+        self.probe = torch.from_numpy(unit_probe) * probe_scale  # (K, N, N)
+        self.obj = torch.ones(height, width, dtype=torch.complex64)
+        if initial is not None:
+            self.obj, self.probe = _initial_state(initial, self.origin, (height, width), self.probe)
+        self.cache = None
+        if not settings.update_probe and count * self.probe.shape[0] * size * size * 8 <= _CACHE_LIMIT_BYTES:
+            self.cache = translate_modes(self.probe, self.windows.remainder)  # (M, K, N, N)
+            self.cache_intensity = (self.cache.real**2 + self.cache.imag**2).sum(dim=1)
+        self.data, self.settings, self.started_from_initial = data, settings, initial is not None
+        self.steps = dict(weight=STEP_WEIGHTS[settings.algorithm], rpie_alpha=settings.rpie_alpha)
+        self.batch_size = min(settings.batch_size, count)
+        self.generator = torch.Generator().manual_seed(int(settings.seed))
+        self.errors: list[float] = []
+
+    def sweep(self) -> float:
+        """One sweep over all positions in a new random order; returns (and appends) its error."""
+        data, settings, windows, flat, size = self.data, self.settings, self.windows, self.obj.view(-1), self.data.pattern_size
+        order = torch.randperm(data.n_patterns, generator=self.generator)
         misfit = 0.0
-        for start in range(0, count, batch_size):
-            batch = order[start : start + batch_size]
-            if cache is not None:
-                probes, intensities = cache.index_select(0, batch), cache_intensity.index_select(0, batch)
+        for start in range(0, data.n_patterns, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            if self.cache is not None:
+                probes, intensities = self.cache.index_select(0, batch), self.cache_intensity.index_select(0, batch)
             else:
-                probes = translate_modes(probe, windows.remainder[batch])
+                probes = translate_modes(self.probe, windows.remainder[batch])
                 intensities = (probes.real**2 + probes.imag**2).sum(dim=1)
             patches = gather_patches(flat, windows.index(batch), size)
             exit_waves, far, modulus = forward(probes, patches)
             target = physics.uncentre(torch.from_numpy(data.amplitudes[batch.numpy()]))
-            if valid is not None:  # masked pixels keep the model's modulus (no constraint there)
-                target = torch.where(valid, target, modulus)
+            if self.valid is not None:  # masked pixels keep the model's modulus (no constraint there)
+                target = torch.where(self.valid, target, modulus)
             misfit += float(torch.sum((modulus - target) ** 2))
             projected = physics.modulus_projection(far, target.unsqueeze(1), modulus.unsqueeze(1), floor=_MODULUS_FLOOR)
             delta = physics.backpropagate(projected) - exit_waves
-            object_update(obj, windows, batch, probes, intensities, delta, step=settings.object_step, **steps)
+            object_update(self.obj, windows, batch, probes, intensities, delta, step=settings.object_step, **self.steps)
             if settings.update_probe:
-                probe = probe_update(probe, patches, delta, windows.remainder[batch], step=settings.probe_step, **steps)
-        errors.append(math.sqrt(misfit / total_energy))
-        sweeps.set_postfix(error=f"{errors[-1]:.4g}")
-        if on_iteration is not None and on_iteration(len(errors), obj):
-            break
+                self.probe = probe_update(self.probe, patches, delta, windows.remainder[batch], step=settings.probe_step, **self.steps)
+        self.errors.append(math.sqrt(misfit / self.total_energy))
+        return self.errors[-1]
 
-    coverage = coverage_map(windows, lambda chunk: cache[chunk] if cache is not None else translate_modes(probe, windows.remainder[chunk]), batch_size)
-    obj = torch.where(coverage > 0, obj, torch.zeros_like(obj))
-    final_probe = probe.numpy().astype(np.complex64)
-    reconstruction = Reconstruction(
-        object=obj.numpy().astype(np.complex64),
-        origin=origin,
-        coverage=coverage.numpy().astype(np.float32),
-        method=f"{'baseline' if initial is None else 'refined'}-{settings.algorithm.value}",
-        probe=final_probe[0] if final_probe.shape[0] == 1 else final_probe,
-        pixel_size_m=pixel_size_of(data),
-    )
-    return reconstruction, errors
+    def result(self) -> Reconstruction:
+        """The reconstruction after the sweeps run so far (a copy: further sweeps do not change it)."""
+        cache, probe, windows = self.cache, self.probe, self.windows
+        coverage = coverage_map(windows, lambda chunk: cache[chunk] if cache is not None else translate_modes(probe, windows.remainder[chunk]), self.batch_size)
+        obj = torch.where(coverage > 0, self.obj, torch.zeros_like(self.obj))
+        final_probe = probe.numpy().astype(np.complex64)
+        return Reconstruction(
+            object=obj.numpy().astype(np.complex64),
+            origin=self.origin,
+            coverage=coverage.numpy().astype(np.float32),
+            method=f"{'refined' if self.started_from_initial else 'baseline'}-{self.settings.algorithm.value}",
+            probe=final_probe[0] if final_probe.shape[0] == 1 else final_probe,
+            pixel_size_m=pixel_size_of(self.data),
+        )
 
 
 def _initial_state(

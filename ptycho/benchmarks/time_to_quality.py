@@ -1,0 +1,296 @@
+"""Time-to-quality benchmark: SSIM and data R-factor against wall time, network-based methods
+against rPIE from a flat object, on scans from another simulator and on the default data.
+
+    ptycho benchmark time_to_quality [--families ring,inside,low_dose,default] [--epochs E] [--max-sweeps 30] [--threads 2]
+
+(``python -m ptycho.benchmarks.time_to_quality`` runs the same).
+
+Families. ``ring``, ``inside`` and ``low_dose`` come from the independent builder of the tests
+(``tests/foreign_data.py``, which shares no code with ptycho: disc objects, a defocused annular
+probe stored max-normalised, whole-pixel raster): a large defocused ring (24 px spot in 32 px
+patterns), a probe inside the window (12 px spot), and the ring at 1e4 photons per pattern.
+Each family has its own training scan (same probe, another object); the test scan has 22 x 22
+= 484 positions. ``default`` is the `prepare:` simulation of params.yaml (its dataclass defaults).
+
+Methods, each scored after every sweep (SSIM amplitude / phase against the truth with the
+alignment of ``evaluate`` on one common region, and the data R-factor on the positions the
+network can be scored on); the scoring time is left out of the wall times:
+
+- ``rpie``: rPIE from a flat object (the `baseline:` settings), sweeps 1..max;
+- ``network+rpie``: the network (``ptycho.inference.reconstruct`` as `infer` runs it, without
+  the diagnostics `infer` adds to its stats; median of 3, at sweep 0), then rPIE sweeps from
+  its object and calibrated probe, 1..max, the network's time included;
+- ``refine``: what the `refine` stage does (``ptycho.iterative.refinement``: trial sweeps from the
+  network and from flat, the lower data error goes on), the network's time and both trials
+  included; its first point comes after the trial sweeps.
+
+Training time is reported on its own (paid once per kind of sample and instrument). The summary
+per family gives the two checks of issue 17: network + 5 sweeps (plain and ``refine``) against 5
+rPIE sweeps (SSIM slack 0.01), and the first time each method reaches rPIE-30's SSIMs (slack
+0.01) against rPIE-30's wall time. Writes a JSON report, a CSV of every point and one PNG.
+Not a test: the figures depend on the machine and its load (recorded in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ptycho import scoring, workflows
+from ptycho.benchmarks import positive_int
+from ptycho.bundle import load_bundle
+from ptycho.benchmarks.sweeps import ssims
+from ptycho.config import BaselineConfig, EvaluateConfig, InferConfig, ModelConfig, PrepareConfig, RefineConfig, TrainConfig
+from ptycho.data import PtychoDataset
+from ptycho.errors import ConfigError
+from ptycho.inference import reconstruct
+from ptycho.iterative.pie import PieRun
+from ptycho.iterative.refinement import refine_scan
+from ptycho.reconstruction import Reconstruction
+
+FOREIGN_FAMILIES = {
+    "ring": dict(spot_diameter_px=24.0, nphotons=1e6),
+    "inside": dict(spot_diameter_px=12.0, nphotons=1e6),
+    "low_dose": dict(spot_diameter_px=24.0, nphotons=1e4),
+}
+"""Options of ``foreign_data.build_scan`` per family (32 px patterns, 5 px raster step)."""
+FAMILIES = (*FOREIGN_FAMILIES, "default")
+SLACK = 0.01
+"""SSIM slack of the issue's checks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    method: str
+    sweep: int
+    seconds: float
+    amplitude_ssim: float
+    phase_ssim: float
+    r_factor: float
+
+    def reaches(self, amplitude_ssim: float, phase_ssim: float) -> bool:
+        return self.amplitude_ssim >= amplitude_ssim - SLACK and self.phase_ssim >= phase_ssim - SLACK
+
+
+def load_foreign_builder(path: str | Path):
+    """The independent scan builder of the tests, loaded from its file (it is not part of the package by design)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"benchmark --foreign-builder: {path} not found (run from the repository root, or pass the path of tests/foreign_data.py)")
+    spec = importlib.util.spec_from_file_location("foreign_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_dataset(arrays: dict) -> PtychoDataset:
+    return PtychoDataset(
+        amplitudes=arrays["diffraction"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"], probe=arrays["probeGuess"],
+        object=arrays["objectGuess"], scan_index=np.arange(len(arrays["xcoords"])), metadata={},
+    )
+
+
+def family_scans(family: str, folder: Path, builder_path: str | Path) -> tuple[PtychoDataset, PtychoDataset]:
+    """(training scan, test scan) of one family."""
+    if family == "default":
+        return workflows.prepare(PrepareConfig(), folder / "train.npz", folder / "test.npz", folder / "preview.png")
+    builder = load_foreign_builder(builder_path)
+    options = FOREIGN_FAMILIES[family]
+    train = builder.build_scan(size=32, n_per_side=16, step_px=5, seed=1, **options)
+    test = builder.build_scan(size=32, n_per_side=22, step_px=5, seed=2, **options)
+    return as_dataset(train), as_dataset(test)
+
+
+class Scorer:
+    """SSIMs and data R-factor of a reconstruction of the test scan, on a region and positions fixed once."""
+
+    def __init__(self, data: PtychoDataset, network: Reconstruction, baseline: BaselineConfig, config: EvaluateConfig) -> None:
+        one_sweep = PieRun(data, baseline)
+        one_sweep.sweep()
+        self.region = scoring.common_region({"pinn": network, "baseline": one_sweep.result()}, config)
+        self.truth = network.truth_window(data.object, "benchmark")
+        self.keep = scoring.scorable_positions(network, data)
+        self.data, self.config = data, config
+
+    def __call__(self, reconstruction: Reconstruction) -> tuple[float, float, float]:
+        amplitude, phase = ssims(reconstruction.object, self.truth, self.region, self.config)
+        return amplitude, phase, scoring.data_consistency(reconstruction, self.data, self.keep)["r_factor"]
+
+
+def pie_curve(method: str, data: PtychoDataset, settings: BaselineConfig, sweeps: int, score: Scorer,
+              *, initial: Reconstruction | None = None, offset_s: float = 0.0) -> list[Point]:
+    """``sweeps`` sweeps of a ``PieRun``, scored after each; seconds = offset + set-up + sweeps."""
+    started = time.perf_counter()
+    run = PieRun(data, settings, initial=initial)
+    spent = time.perf_counter() - started
+    points = []
+    for sweep in range(1, sweeps + 1):
+        started = time.perf_counter()
+        run.sweep()
+        spent += time.perf_counter() - started
+        points.append(Point(method, sweep, offset_s + spent, *score(run.result())))
+    return points
+
+
+def refine_curve(data: PtychoDataset, network: Reconstruction, settings: RefineConfig, score: Scorer, *, offset_s: float) -> list[Point]:
+    """``refine_scan`` scored after each sweep of the run it keeps (scoring time left out)."""
+    points: list[Point] = []
+    scoring_s = 0.0
+    started = time.perf_counter()
+
+    def on_sweep(run: PieRun) -> bool:
+        nonlocal scoring_s
+        reached = time.perf_counter()
+        points.append(Point("refine", len(run.errors), offset_s + reached - started - scoring_s, *score(run.result())))
+        scoring_s += time.perf_counter() - reached
+        return False
+
+    refine_scan(data, network, settings, on_sweep=on_sweep)
+    return points
+
+
+def first_reaching(points: list[Point], amplitude_ssim: float, phase_ssim: float) -> Point | None:
+    return next((point for point in points if point.reaches(amplitude_ssim, phase_ssim)), None)
+
+
+def at_sweep(points: list[Point], sweep: int) -> Point | None:
+    return next((point for point in points if point.sweep == sweep), None)
+
+
+def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, builder_path: str | Path, report_line: Callable[[str], None]) -> dict:
+    """Train, infer and run every method on one family; returns its points and summary."""
+    train, test = family_scans(family, folder, builder_path)
+    started = time.perf_counter()
+    workflows.train(train, ModelConfig(), TrainConfig(epochs=epochs, seed=3), folder / "wts.h5.zip", folder / "h.csv", folder / "m.json", folder / "ck")
+    training_s = time.perf_counter() - started
+    bundle = load_bundle(folder / "wts.h5.zip")
+    infer_seconds = []
+    for _ in range(3):  # as `infer` reconstructs, without its diagnostics (the twin scores are not part of the method)
+        started = time.perf_counter()
+        network = reconstruct(bundle, test, InferConfig(), folder / "wts.h5.zip")
+        infer_seconds.append(time.perf_counter() - started)
+    network_s = statistics.median(infer_seconds)
+    baseline = BaselineConfig()
+    score = Scorer(test, network, baseline, EvaluateConfig())
+    points = [Point("network", 0, network_s, *score(network))]
+    points += pie_curve("rpie", test, baseline, max_sweeps, score)
+    points += [dataclasses.replace(points[0], method="network+rpie")]
+    points += pie_curve("network+rpie", test, baseline, max_sweeps, score, initial=network, offset_s=network_s)
+    refine_settings = RefineConfig(**{**dataclasses.asdict(baseline), "iterations": max_sweeps})
+    points += refine_curve(test, network, refine_settings, score, offset_s=network_s)
+    summary = summarise([p for p in points], baseline.iterations)
+    summary.update({"n_patterns_train": train.n_patterns, "n_patterns_test": test.n_patterns, "pattern_px": test.pattern_size,
+                    "training_s": round(training_s, 1), "epochs": epochs, "network_s": round(network_s, 3)})
+    report_line(f"{family}: {json.dumps(summary)}")
+    return {"summary": summary, "points": [dataclasses.asdict(point) for point in points]}
+
+
+def summarise(points: list[Point], rpie_sweeps: int) -> dict:
+    """The issue's two checks on one family's points."""
+    curves = {method: [p for p in points if p.method == method] for method in ("network", "rpie", "network+rpie", "refine")}
+    rpie_full, rpie_5 = at_sweep(curves["rpie"], rpie_sweeps), at_sweep(curves["rpie"], 5)
+    summary: dict = {"rpie_30": dataclasses.asdict(rpie_full), "rpie_5": dataclasses.asdict(rpie_5), "network": dataclasses.asdict(curves["network"][0])}
+    for method in ("network+rpie", "refine"):
+        five = at_sweep(curves[method], 5)
+        summary[f"{method}_5"] = dataclasses.asdict(five)
+        summary[f"{method}_5_at_least_rpie_5"] = bool(five.reaches(rpie_5.amplitude_ssim, rpie_5.phase_ssim))
+    reached = {}
+    for method in ("network", "network+rpie", "refine", "rpie"):
+        point = first_reaching(curves[method], rpie_full.amplitude_ssim, rpie_full.phase_ssim)
+        reached[method] = None if point is None else {"sweep": point.sweep, "seconds": round(point.seconds, 4)}
+    summary["first_reaching_rpie_30"] = reached
+    summary["network_based_faster_than_rpie_30"] = any(
+        reached[method] is not None and reached[method]["seconds"] < rpie_full.seconds for method in ("network", "network+rpie", "refine")
+    )
+    return summary
+
+
+def figure(report: dict, path: str | Path) -> None:
+    """One PNG: columns = families; rows = amplitude SSIM, phase SSIM, data R-factor against wall time."""
+    from matplotlib.figure import Figure
+
+    families = list(report["families"])
+    fig = Figure(figsize=(3.6 * len(families), 8.4), constrained_layout=True)
+    axes = fig.subplots(3, len(families), squeeze=False)
+    styles = {"rpie": ("k", "rPIE from flat"), "network+rpie": ("tab:blue", "network + rPIE"), "refine": ("tab:orange", "refine (start by data error)"),
+              "network": ("tab:red", "network")}
+    for column, family in enumerate(families):
+        points = report["families"][family]["points"]
+        for row, (key, label) in enumerate((("amplitude_ssim", "amplitude SSIM"), ("phase_ssim", "phase SSIM"), ("r_factor", "data R-factor"))):
+            axis = axes[row, column]
+            for method, (colour, name) in styles.items():
+                curve = [p for p in points if p["method"] == method]
+                axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], "o" if method == "network" else "-",
+                          color=colour, label=name, markersize=4, linewidth=1.2)
+            axis.set_xscale("log")
+            axis.set_xlabel("wall time, s")
+            axis.set_ylabel(label)
+            if row == 0:
+                axis.set_title(family)
+            if key == "r_factor":
+                axis.set_yscale("log")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"time to quality ({report['threads']} threads, load {report['load_average_1min_start']:.2f} at start)")
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ptycho benchmark time_to_quality``: writes ``--output`` (JSON) and the CSV and PNG beside it."""
+    parser = argparse.ArgumentParser(prog="ptycho benchmark time_to_quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="training epochs per family")
+    parser.add_argument("--max-sweeps", type=positive_int, default=30, help="sweeps per curve (>= 30: rPIE-30 is the reference)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    parser.add_argument("--foreign-builder", default="tests/foreign_data.py", help="the independent scan builder of the tests")
+    parser.add_argument("--output", default="results/time_to_quality.json")
+    args = parser.parse_args(argv)
+    families = args.families.split(",")
+    unknown = [family for family in families if family not in FAMILIES]
+    if unknown:
+        raise ConfigError(f"benchmark --families: unknown {unknown}; known: {', '.join(FAMILIES)}")
+    if args.max_sweeps < BaselineConfig().iterations:
+        raise ConfigError(f"benchmark --max-sweeps: must be >= {BaselineConfig().iterations} (rPIE-30 is the reference), got {args.max_sweeps}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    report = {"threads": args.threads, "load_average_1min_start": os.getloadavg()[0], "epochs": args.epochs, "families": {}}
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for family in families:
+                folder = Path(scratch) / family
+                folder.mkdir()
+                report["families"][family] = run_family(
+                    family, folder, epochs=args.epochs, max_sweeps=args.max_sweeps, builder_path=args.foreign_builder, report_line=print,
+                )
+    finally:
+        torch.set_num_threads(threads)
+    report["load_average_1min_end"] = os.getloadavg()[0]
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=["family", *[field.name for field in dataclasses.fields(Point)]])
+    writer.writeheader()
+    for family, result in report["families"].items():
+        for point in result["points"]:
+            writer.writerow({"family": family, **point})
+    output.with_suffix(".csv").write_text(rows.getvalue())
+    figure(report, output.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
