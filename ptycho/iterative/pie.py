@@ -156,6 +156,8 @@ def run_pie(
     far field is scaled by the same A / |F|, the object step uses Σ_k conj(P_k) Δψ_k over the
     illumination Σ_k |P_k|², and each mode gets its own probe step.
     """
+    if not isinstance(settings, BaselineConfig):
+        raise ConfigError(f"baseline: expected BaselineConfig, got {type(settings).__name__}")
     if not isinstance(settings.iterations, int):
         raise ConfigError(f"{settings.SECTION}.iterations: run_pie needs a number of sweeps, got {settings.iterations!r} "
                           "(auto is refine's stop rule: ptycho.iterative.refinement.refine_scan)")
