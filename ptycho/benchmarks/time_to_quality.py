@@ -222,6 +222,7 @@ def summarise(points: list[Point], rpie_sweeps: int) -> dict:
 def figure(report: dict, path: str | Path) -> None:
     """One PNG: columns = families; rows = amplitude SSIM, phase SSIM, data R-factor against wall time."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     families = list(report["families"])
     fig = Figure(figsize=(3.6 * len(families), 8.4), constrained_layout=True)
@@ -237,12 +238,14 @@ def figure(report: dict, path: str | Path) -> None:
                 axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], "o" if method == "network" else "-",
                           color=colour, label=name, markersize=4, linewidth=1.2)
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
             axis.set_xlabel("wall time, s")
             axis.set_ylabel(label)
             if row == 0:
                 axis.set_title(family)
             if key == "r_factor":
                 axis.set_yscale("log")
+                axis.yaxis.set_minor_formatter(NullFormatter())
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"time to quality ({report['threads']} threads, load {report['load_average_1min_start']:.2f} at start)")
     fig.savefig(path, dpi=90)
