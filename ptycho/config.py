@@ -345,9 +345,14 @@ class InferConfig(Section):
     precision: InferPrecision = InferPrecision.AUTO  # arithmetic of the network's forward pass
     device: str = "cpu"  # where the network runs: cpu, cuda, cuda:1 ... (stitching and synchronisation stay on the CPU)
     twin_consensus: bool = False  # replace each patch by its twin where that agrees better with its neighbours (ptycho.twin)
+    adapt_epochs: int = 0  # > 0: fine-tune the network on the test scan's own patterns first (ptycho.adaptation)
+    adapt_learning_rate: float = 1e-4  # peak learning rate of that fine-tuning
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.adapt_epochs >= 0, "infer.adapt_epochs", f"must be >= 0 (0 = no adaptation), got {self.adapt_epochs}")
+        _require(math.isfinite(self.adapt_learning_rate) and self.adapt_learning_rate > 0, "infer.adapt_learning_rate",
+                 f"must be a finite number > 0, got {self.adapt_learning_rate}")
         _require(self.device == "cpu" or self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
                  "infer.device", f"must be cpu, cuda or cuda:<index>, got {self.device!r}")
 

@@ -45,8 +45,11 @@ MAX_PATCH_BYTES = 64 << 20
 them in a scratch file and reads them back one window (``synchronisation.WINDOW_BOXES`` patches) at a time."""
 
 
-def _n_neighbours(bundle: Bundle, path: str | Path) -> int:
-    """The K used to group positions in training, read from the bundle's config snapshot."""
+def n_neighbours_of(bundle: Bundle, path: str | Path) -> int:
+    """The K that inference groups the test positions with: the training's K (read from the
+    bundle's config snapshot) for the random grouping of gridsize > 1, else 1 (unused)."""
+    if bundle.architecture.gridsize == 1 or bundle.architecture.grouping == "canonical":
+        return 1
     try:
         return int(json.loads(bundle.extras["config.json"])["model"]["n_neighbours"])
     except (KeyError, ValueError, TypeError) as error:
@@ -172,7 +175,7 @@ def reconstruct(
     gridsize = bundle.architecture.gridsize
     grouping = bundle.architecture.grouping
     seeds_only = grouping == "canonical" and gridsize > 1
-    n_neighbours = _n_neighbours(bundle, bundle_path) if gridsize > 1 and not seeds_only else 1
+    n_neighbours = n_neighbours_of(bundle, bundle_path)
     groups = make_groups(data.xcoords, data.ycoords, gridsize, n_neighbours, np.random.default_rng(config.seed), grouping)
     order = synchronisation.spatial_order(groups.centres_xy)
     origin, shape = canvas_frame(data.xcoords, data.ycoords, size)

@@ -226,6 +226,11 @@ def infer(
     bundle = load_bundle(bundle_path)
     started = time.perf_counter()
     diagnostics: dict = {}
+    if config.adapt_epochs > 0:
+        from ptycho.adaptation import adapt
+        from ptycho.inference import n_neighbours_of
+
+        diagnostics.update(adapt(bundle, test_data, config, n_neighbours_of(bundle, bundle_path)))
     reconstruction = reconstruct(bundle, test_data, config, bundle_path, diagnostics=diagnostics)
     seconds = time.perf_counter() - started
     if reconstruction.pixel_size_m is None:
