@@ -1,7 +1,7 @@
 """Time-to-quality benchmark: SSIM and data R-factor against wall time, network-based methods
 against rPIE from a flat object, on scans from another simulator and on the default data.
 
-    ptycho benchmark time_to_quality [--families ring,inside,low_dose,default] [--epochs E] [--max-sweeps 30] [--threads 2]
+    ptycho benchmark time_to_quality [--families ring,inside,low_dose,default] [--epochs E] [--max-sweeps 30] [--threads 2] [--adapt-epochs 30]
 
 (``python -m ptycho.benchmarks.time_to_quality`` runs the same).
 
@@ -22,7 +22,10 @@ network can be scored on); the scoring time is left out of the wall times:
   its object and calibrated probe, 1..max, the network's time included;
 - ``refine``: what the `refine` stage does (``ptycho.iterative.refinement``: trial sweeps from the
   network and from flat, the lower data error goes on), the network's time and both trials
-  included; its first point comes after the trial sweeps.
+  included; its first point comes after the trial sweeps;
+- ``adapted`` / ``adapted+rpie`` (``--adapt-epochs`` > 0, default 30): the network fine-tuned on the
+  test scan's own patterns first (``infer.adapt_epochs``, ``ptycho.adaptation``), alone and then rPIE
+  sweeps from it, the adaptation's time included.
 
 Training time is reported on its own (paid once per kind of sample and instrument). The summary
 per family gives the two checks of issue 17: network + 5 sweeps (plain and ``refine``) against 5
@@ -69,6 +72,7 @@ FOREIGN_FAMILIES = {
 }
 """Options of ``foreign_data.build_scan`` per family (32 px patterns, 5 px raster step)."""
 FAMILIES = (*FOREIGN_FAMILIES, "default")
+METHODS = ("network", "rpie", "network+rpie", "refine", "adapted", "adapted+rpie")
 SLACK = 0.01
 """SSIM slack of the issue's checks."""
 
@@ -171,7 +175,20 @@ def at_sweep(points: list[Point], sweep: int) -> Point | None:
     return next((point for point in points if point.sweep == sweep), None)
 
 
-def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, builder_path: str | Path, report_line: Callable[[str], None]) -> dict:
+def adapted_network(folder: Path, test: PtychoDataset, epochs: int) -> tuple[Reconstruction, float]:
+    """(reconstruction, seconds) of the bundle fine-tuned on the test scan for ``epochs`` epochs
+    (``infer.adapt_epochs``, ``ptycho.adaptation``), the adaptation's time included."""
+    from ptycho.adaptation import adapt
+
+    bundle = load_bundle(folder / "wts.h5.zip")
+    started = time.perf_counter()
+    adapt(bundle, test, InferConfig(adapt_epochs=epochs), 1)
+    reconstruction = reconstruct(bundle, test, InferConfig(), folder / "wts.h5.zip")
+    return reconstruction, time.perf_counter() - started
+
+
+def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, builder_path: str | Path, report_line: Callable[[str], None],
+               adapt_epochs: int = 0) -> dict:
     """Train, infer and run every method on one family; returns its points and summary."""
     train, test = family_scans(family, folder, builder_path)
     started = time.perf_counter()
@@ -192,6 +209,10 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
     points += pie_curve("network+rpie", test, baseline, max_sweeps, score, initial=network, offset_s=network_s)
     refine_settings = RefineConfig(**{**dataclasses.asdict(baseline), "iterations": max_sweeps})
     points += refine_curve(test, network, refine_settings, score, offset_s=network_s)
+    if adapt_epochs > 0:
+        adapted, adapted_s = adapted_network(folder, test, adapt_epochs)
+        points += [Point("adapted", 0, adapted_s, *score(adapted)), Point("adapted+rpie", 0, adapted_s, *score(adapted))]
+        points += pie_curve("adapted+rpie", test, baseline, max_sweeps, score, initial=adapted, offset_s=adapted_s)
     summary = summarise([p for p in points], baseline.iterations)
     summary.update({"n_patterns_train": train.n_patterns, "n_patterns_test": test.n_patterns, "pattern_px": test.pattern_size,
                     "training_s": round(training_s, 1), "epochs": epochs, "network_s": round(network_s, 3)})
@@ -201,20 +222,23 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
 
 def summarise(points: list[Point], rpie_sweeps: int) -> dict:
     """The issue's two checks on one family's points."""
-    curves = {method: [p for p in points if p.method == method] for method in ("network", "rpie", "network+rpie", "refine")}
+    curves = {method: [p for p in points if p.method == method] for method in METHODS}
+    curves = {method: curve for method, curve in curves.items() if curve}
     rpie_full, rpie_5 = at_sweep(curves["rpie"], rpie_sweeps), at_sweep(curves["rpie"], 5)
     summary: dict = {"rpie_30": dataclasses.asdict(rpie_full), "rpie_5": dataclasses.asdict(rpie_5), "network": dataclasses.asdict(curves["network"][0])}
-    for method in ("network+rpie", "refine"):
+    for method in [method for method in ("network+rpie", "refine", "adapted+rpie") if method in curves]:
         five = at_sweep(curves[method], 5)
         summary[f"{method}_5"] = dataclasses.asdict(five)
         summary[f"{method}_5_at_least_rpie_5"] = bool(five.reaches(rpie_5.amplitude_ssim, rpie_5.phase_ssim))
     reached = {}
-    for method in ("network", "network+rpie", "refine", "rpie"):
+    if "adapted" in curves:
+        summary["adapted"] = dataclasses.asdict(curves["adapted"][0])
+    for method in curves:
         point = first_reaching(curves[method], rpie_full.amplitude_ssim, rpie_full.phase_ssim)
         reached[method] = None if point is None else {"sweep": point.sweep, "seconds": round(point.seconds, 4)}
     summary["first_reaching_rpie_30"] = reached
     summary["network_based_faster_than_rpie_30"] = any(
-        reached[method] is not None and reached[method]["seconds"] < rpie_full.seconds for method in ("network", "network+rpie", "refine")
+        reached[method] is not None and reached[method]["seconds"] < rpie_full.seconds for method in curves if method != "rpie"
     )
     return summary
 
@@ -228,14 +252,15 @@ def figure(report: dict, path: str | Path) -> None:
     fig = Figure(figsize=(3.6 * len(families), 8.4), constrained_layout=True)
     axes = fig.subplots(3, len(families), squeeze=False)
     styles = {"rpie": ("k", "rPIE from flat"), "network+rpie": ("tab:blue", "network + rPIE"), "refine": ("tab:orange", "refine (start by data error)"),
-              "network": ("tab:red", "network")}
+              "network": ("tab:red", "network"), "adapted+rpie": ("tab:green", "adapted network + rPIE"),
+              "adapted": ("tab:green", "adapted network")}
     for column, family in enumerate(families):
         points = report["families"][family]["points"]
         for row, (key, label) in enumerate((("amplitude_ssim", "amplitude SSIM"), ("phase_ssim", "phase SSIM"), ("r_factor", "data R-factor"))):
             axis = axes[row, column]
             for method, (colour, name) in styles.items():
                 curve = [p for p in points if p["method"] == method]
-                axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], "o" if method == "network" else "-",
+                axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], "o" if method in ("network", "adapted") else "-",
                           color=colour, label=name, markersize=4, linewidth=1.2)
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
@@ -259,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sweeps", type=positive_int, default=30, help="sweeps per curve (>= 30: rPIE-30 is the reference)")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--foreign-builder", default="tests/foreign_data.py", help="the independent scan builder of the tests")
+    parser.add_argument("--adapt-epochs", type=int, default=30, help="test-time adaptation epochs (infer.adapt_epochs) of the adapted method; 0 = none")
     parser.add_argument("--output", default="results/time_to_quality.json")
     args = parser.parse_args(argv)
     families = args.families.split(",")
@@ -269,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"benchmark --max-sweeps: must be >= {BaselineConfig().iterations} (rPIE-30 is the reference), got {args.max_sweeps}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    report = {"threads": args.threads, "load_average_1min_start": os.getloadavg()[0], "epochs": args.epochs, "families": {}}
+    report = {"threads": args.threads, "load_average_1min_start": os.getloadavg()[0], "epochs": args.epochs,
+              "adapt_epochs": args.adapt_epochs, "families": {}}
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for family in families:
@@ -277,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 report["families"][family] = run_family(
                     family, folder, epochs=args.epochs, max_sweeps=args.max_sweeps, builder_path=args.foreign_builder, report_line=print,
+                    adapt_epochs=args.adapt_epochs,
                 )
     finally:
         torch.set_num_threads(threads)
