@@ -4,7 +4,7 @@ The loss of a physics-informed network needs no truth, only the measured pattern
 bundle can keep learning on the very scan it is asked to reconstruct (what a supervised network
 cannot do). ``infer.adapt_epochs`` > 0 does that: the bundle's model, in memory, is trained for
 that many epochs on the test scan's groups (grouped as inference groups them) with the training
-loss and schedule, at ``infer.adapt_learning_rate`` (small: the start is already a solution for
+loss and schedule the bundle was trained with, at ``infer.adapt_learning_rate`` (small: the start is already a solution for
 scans like the training ones). The bundle file is not changed; the adaptation's time is part of
 `infer`'s time. It is an inference that trains: report it as its own method, not as the network.
 """
@@ -12,6 +12,7 @@ scans like the training ones). The bundle file is not changed; the adaptation's 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 
@@ -19,9 +20,26 @@ import numpy as np
 import torch
 
 from ptycho.bundle import Bundle
-from ptycho.config import InferConfig, TrainConfig
+from ptycho.config import InferConfig, TrainConfig, section_from_mapping
+from ptycho.errors import BundleError, ConfigError
 from ptycho.data import PtychoDataset
 from ptycho.grouping import grouped_tensors, make_groups
+
+
+def trained_settings(bundle: Bundle) -> TrainConfig:
+    """The `train:` settings the bundle was trained with (its config snapshot: loss, batch size,
+    schedule, validation share), so that adaptation continues the same training; defaults for a
+    bundle without them."""
+    try:
+        snapshot = json.loads(bundle.extras["config.json"]).get("train")
+    except (KeyError, ValueError, AttributeError):
+        snapshot = None
+    if snapshot is None:
+        return TrainConfig()
+    try:
+        return section_from_mapping(TrainConfig, "train", snapshot)
+    except (ConfigError, TypeError, ValueError) as error:
+        raise BundleError(f"bundle member 'config.json': its train settings cannot be read back ({error})") from error
 
 
 def adapt(bundle: Bundle, data: PtychoDataset, config: InferConfig, n_neighbours: int) -> dict[str, float]:
@@ -36,8 +54,9 @@ def adapt(bundle: Bundle, data: PtychoDataset, config: InferConfig, n_neighbours
                          np.random.default_rng(config.seed), architecture.grouping)
     amplitudes, offsets = grouped_tensors(data.amplitudes, groups)
     settings = dataclasses.replace(
-        TrainConfig(), epochs=config.adapt_epochs, learning_rate=config.adapt_learning_rate, seed=config.seed,
-        early_stopping_patience=config.adapt_epochs, num_threads=torch.get_num_threads(),
+        trained_settings(bundle), epochs=config.adapt_epochs, learning_rate=config.adapt_learning_rate, seed=config.seed,
+        early_stopping_patience=config.adapt_epochs, max_wall_s=0.0, num_threads=torch.get_num_threads(),
+        accelerator="cpu", devices="1", strategy="auto", precision="32-true",  # inference's machine, not the training's
     )
     mask = None if data.mask is None else torch.from_numpy(np.asarray(data.mask, dtype=bool))
     bundle.autoencoder.train()

@@ -33,3 +33,14 @@ def test_adaptation_lowers_the_data_error_on_the_test_scan_and_leaves_the_bundle
 def test_bad_adaptation_settings_are_named(key, value, message):
     with pytest.raises(ConfigError, match=f"infer.{key}: {message}"):
         InferConfig(**{key: value})
+
+
+def test_adaptation_continues_with_the_settings_the_bundle_was_trained_with(trained_run):
+    from conftest import SMALL_TRAIN
+    from ptycho.adaptation import trained_settings
+    from ptycho.bundle import load_bundle
+
+    settings = trained_settings(load_bundle(trained_run.bundle_path))
+    assert (settings.loss, settings.batch_size, settings.learning_rate, settings.schedule) == (
+        SMALL_TRAIN.loss, SMALL_TRAIN.batch_size, SMALL_TRAIN.learning_rate, SMALL_TRAIN.schedule)
+    assert settings.learning_rate != InferConfig().adapt_learning_rate  # the fine-tuning's own rate replaces it

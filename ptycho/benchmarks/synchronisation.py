@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS), default=["tiled"], 
+    parser.add_argument("--solvers", nargs="+", choices=sorted(SOLVERS), default=["tiled"],
                         help="tiled: as inference does (tiles beyond 4 x TILE_PATCHES patches); global: one eigenproblem")
     parser.add_argument("--noise", type=float, default=0.0, help="complex Gaussian noise on the patches, times their mean modulus")
     parser.add_argument("--output", default=None, help="JSON file for the records")
