@@ -25,7 +25,13 @@ network can be scored on); the scoring time is left out of the wall times:
   included; its first point comes after the trial sweeps;
 - ``adapted`` / ``adapted+rpie`` (``--adapt-epochs`` > 0, default 30): the network fine-tuned on the
   test scan's own patterns first (``infer.adapt_epochs``, ``ptycho.adaptation``), alone and then rPIE
-  sweeps from it, the adaptation's time included.
+  sweeps from it, the adaptation's time included;
+- the unrolled family (``ptycho.nn.unrolled``, ``--unrolled-sweeps`` K > 0, default 10), each trained on
+  the family's training scan after the network (from the network's object and from flat, training
+  time reported apart), scored after each of its K steps: ``network+unrolled`` (rPIE sweeps, learned
+  steps and momenta, and a residual CNN on the canvas after each), ``network+schedule`` (the same
+  without the CNNs: learned steps and momenta only) and ``flat+schedule`` (that schedule from a flat
+  object, no network at inference).
 
 Training time is reported on its own (paid once per kind of sample and instrument). The summary
 per family gives the two checks of issue 17: network + 5 sweeps (plain and ``refine``) against 5
@@ -72,7 +78,9 @@ FOREIGN_FAMILIES = {
 }
 """Options of ``foreign_data.build_scan`` per family (32 px patterns, 5 px raster step)."""
 FAMILIES = (*FOREIGN_FAMILIES, "default")
-METHODS = ("network", "rpie", "network+rpie", "refine", "adapted", "adapted+rpie")
+METHODS = ("network", "rpie", "network+rpie", "refine", "adapted", "adapted+rpie", "network+unrolled", "network+schedule", "flat+schedule")
+UNROLLED_METHODS = {"network+unrolled": (True, 16), "network+schedule": (True, 0), "flat+schedule": (False, 0)}
+"""Unrolled methods: (start from the network, corrector channels; 0 = no CNN)."""
 SLACK = 0.01
 """SSIM slack of the issue's checks."""
 
@@ -187,8 +195,41 @@ def adapted_network(folder: Path, test: PtychoDataset, epochs: int) -> tuple[Rec
     return reconstruction, time.perf_counter() - started
 
 
+def unrolled_curves(bundle, train: PtychoDataset, test: PtychoDataset, network_train: Reconstruction, network: Reconstruction,
+                    network_s: float, score: Scorer, sweeps: int, steps: int) -> tuple[list[Point], dict]:
+    """Train and score the unrolled methods (``UNROLLED_METHODS``); (points, {method: training info})."""
+    from ptycho.nn import unrolled
+
+    scan_train, scan_test = unrolled.CanvasScan(train, bundle.probe), unrolled.CanvasScan(test, bundle.probe)
+    trained: dict[int, unrolled.UnrolledSweeps] = {}
+    points: list[Point] = []
+    training: dict[str, dict] = {}
+    for method, (from_network, hidden) in UNROLLED_METHODS.items():
+        if hidden not in trained:
+            torch.manual_seed(1)
+            model = unrolled.UnrolledSweeps(unrolled.UnrolledSettings(sweeps=sweeps, hidden=hidden, steps=steps))
+            info = unrolled.train_unrolled(model, scan_train, [scan_train.start(network_train), scan_train.start(None)])
+            trained[hidden] = model
+            training[f"hidden_{hidden}"] = {key: value if key != "seconds" else round(value, 1) for key, value in info.items()}
+        model = trained[hidden]
+        offset_s = network_s if from_network else 0.0
+        if from_network:
+            points.append(Point(method, 0, network_s, *score(network)))
+        scoring_s = 0.0
+        started = time.perf_counter()
+
+        def on_step(k: int, reconstruction: Reconstruction) -> None:
+            nonlocal scoring_s
+            reached = time.perf_counter()
+            points.append(Point(method, k, offset_s + reached - started - scoring_s, *score(reconstruction)))
+            scoring_s += time.perf_counter() - reached
+
+        unrolled.reconstruct_unrolled(model, scan_test, scan_test.start(network if from_network else None), on_step=on_step)
+    return points, training
+
+
 def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, builder_path: str | Path, report_line: Callable[[str], None],
-               adapt_epochs: int = 0) -> dict:
+               adapt_epochs: int = 0, unrolled_sweeps: int = 0, unrolled_steps: int = 200) -> dict:
     """Train, infer and run every method on one family; returns its points and summary."""
     train, test = family_scans(family, folder, builder_path)
     started = time.perf_counter()
@@ -213,7 +254,15 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
         adapted, adapted_s = adapted_network(folder, test, adapt_epochs)
         points += [Point("adapted", 0, adapted_s, *score(adapted)), Point("adapted+rpie", 0, adapted_s, *score(adapted))]
         points += pie_curve("adapted+rpie", test, baseline, max_sweeps, score, initial=adapted, offset_s=adapted_s)
+    unrolled_training = {}
+    if unrolled_sweeps > 0:
+        network_train = reconstruct(bundle, train, InferConfig(), folder / "wts.h5.zip")
+        unrolled_points, unrolled_training = unrolled_curves(bundle, train, test, network_train, network, network_s, score,
+                                                             unrolled_sweeps, unrolled_steps)
+        points += unrolled_points
     summary = summarise([p for p in points], baseline.iterations)
+    if unrolled_training:
+        summary["unrolled_training"] = unrolled_training
     summary.update({"n_patterns_train": train.n_patterns, "n_patterns_test": test.n_patterns, "pattern_px": test.pattern_size,
                     "training_s": round(training_s, 1), "epochs": epochs, "network_s": round(network_s, 3)})
     report_line(f"{family}: {json.dumps(summary)}")
@@ -226,8 +275,10 @@ def summarise(points: list[Point], rpie_sweeps: int) -> dict:
     curves = {method: curve for method, curve in curves.items() if curve}
     rpie_full, rpie_5 = at_sweep(curves["rpie"], rpie_sweeps), at_sweep(curves["rpie"], 5)
     summary: dict = {"rpie_30": dataclasses.asdict(rpie_full), "rpie_5": dataclasses.asdict(rpie_5), "network": dataclasses.asdict(curves["network"][0])}
-    for method in [method for method in ("network+rpie", "refine", "adapted+rpie") if method in curves]:
+    for method in [method for method in ("network+rpie", "refine", "adapted+rpie", *UNROLLED_METHODS) if method in curves]:
         five = at_sweep(curves[method], 5)
+        if five is None:
+            continue
         summary[f"{method}_5"] = dataclasses.asdict(five)
         summary[f"{method}_5_at_least_rpie_5"] = bool(five.reaches(rpie_5.amplitude_ssim, rpie_5.phase_ssim))
     reached = {}
@@ -253,7 +304,8 @@ def figure(report: dict, path: str | Path) -> None:
     axes = fig.subplots(3, len(families), squeeze=False)
     styles = {"rpie": ("k", "rPIE from flat"), "network+rpie": ("tab:blue", "network + rPIE"), "refine": ("tab:orange", "refine (start by data error)"),
               "network": ("tab:red", "network"), "adapted+rpie": ("tab:green", "adapted network + rPIE"),
-              "adapted": ("tab:green", "adapted network")}
+              "adapted": ("tab:green", "adapted network"), "network+unrolled": ("tab:purple", "network + unrolled (CNN)"),
+              "network+schedule": ("tab:brown", "network + learned schedule"), "flat+schedule": ("tab:gray", "flat + learned schedule")}
     for column, family in enumerate(families):
         points = report["families"][family]["points"]
         for row, (key, label) in enumerate((("amplitude_ssim", "amplitude SSIM"), ("phase_ssim", "phase SSIM"), ("r_factor", "data R-factor"))):
@@ -285,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--foreign-builder", default="tests/foreign_data.py", help="the independent scan builder of the tests")
     parser.add_argument("--adapt-epochs", type=int, default=30, help="test-time adaptation epochs (infer.adapt_epochs) of the adapted method; 0 = none")
+    parser.add_argument("--unrolled-sweeps", type=int, default=10, help="K of the unrolled methods (ptycho.nn.unrolled); 0 = none")
+    parser.add_argument("--unrolled-steps", type=positive_int, default=200, help="training steps of each unrolled model")
     parser.add_argument("--output", default="results/time_to_quality.json")
     args = parser.parse_args(argv)
     families = args.families.split(",")
@@ -296,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     report = {"threads": args.threads, "load_average_1min_start": os.getloadavg()[0], "epochs": args.epochs,
-              "adapt_epochs": args.adapt_epochs, "families": {}}
+              "adapt_epochs": args.adapt_epochs, "unrolled_sweeps": args.unrolled_sweeps, "families": {}}
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for family in families:
@@ -304,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 report["families"][family] = run_family(
                     family, folder, epochs=args.epochs, max_sweeps=args.max_sweeps, builder_path=args.foreign_builder, report_line=print,
-                    adapt_epochs=args.adapt_epochs,
+                    adapt_epochs=args.adapt_epochs, unrolled_sweeps=args.unrolled_sweeps, unrolled_steps=args.unrolled_steps,
                 )
     finally:
         torch.set_num_threads(threads)

@@ -1,0 +1,253 @@
+"""Network + K unrolled sweeps (issue 17): rPIE sweeps on the stitched canvas, each followed by a
+small learned correction, trained end to end on the training scan with the unsupervised loss.
+
+A start object (the network's stitched reconstruction, or a flat one) goes through K steps:
+
+1. one rPIE sweep over all positions (batches of ``batch_size`` in a fixed random order) with the
+   calibrated probe, written as differentiable torch (the update of ``ptycho.iterative.pie``:
+   O <- O + a_k Σ_j conj(P_j) Δψ_j / ((1 - α) S + α max S), with a learned step a_k, 1 at the start);
+2. a residual CNN on the canvas (``Corrector``): input the object (real, imaginary), the sweep's
+   update (real, imaginary) and the normalised illumination, output a complex correction added to
+   the object where the scan reaches. Its last layer starts at zero, so an untrained model is
+   exactly K plain sweeps: what training learns is measured against that, not assumed.
+
+Loss: the Poisson negative log-likelihood of the patterns under the final object (the training
+loss of the network, ``physics.poisson_nll``), on a random square region of the training scan per
+step (many small problems instead of one), no labels. The base network is not trained again here:
+its start enters as data (DESIGN.md §3's network, then this module); see ``train_unrolled``.
+
+Why the canvas: the sweeps see every pattern and the overlap between them, which the single-pattern
+network does not, and the learned part can only act between physically consistent updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptycho import physics
+from ptycho.data import PtychoDataset, pixel_size_of
+from ptycho.iterative.forward import Windows, coverage_map, translate_modes
+from ptycho.reconstruction import Reconstruction
+from ptycho.stitching import canvas_frame
+
+COARSE = 4
+"""Downsampling of the correctors' coarse branch."""
+
+SCALAR_LEARNING_RATE = 0.03
+"""Adam's rate for the learned steps and momenta."""
+
+ENGINE_FLOOR = 1e-30
+"""Floor of |F| in A / |F| without gradients: the engine's (``ptycho.iterative.pie``), so that an
+untrained model is the engine to float rounding."""
+TRAINING_FLOOR = 1e-6
+"""Floor of |F| while gradients flow: keeps A / |F| and its derivative finite on dark pixels (a
+photon counted where the model is dark), where 1e-30 would overflow float32 in the backward pass."""
+_LOSS_FLOOR = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrolledSettings:
+    """sweeps: K; hidden: channels of each corrector; batch_size: positions per rPIE update;
+    rpie_alpha: rPIE's α; steps / learning_rate / region_share / seed: training (``train_unrolled``)."""
+
+    sweeps: int = 5
+    hidden: int = 16
+    batch_size: int = 64
+    rpie_alpha: float = 0.05
+    steps: int = 150
+    learning_rate: float = 2e-3
+    region_share: float = 0.6
+    seed: int = 1
+
+
+class CanvasScan:
+    """A scan's fixed tensors on its canvas (``stitching.canvas_frame``): windows, the calibrated
+    probe translated to every position, its intensities and the measured amplitudes (unshifted)."""
+
+    def __init__(self, data: PtychoDataset, probe: np.ndarray) -> None:
+        size = data.pattern_size
+        self.origin, self.shape = canvas_frame(data.xcoords, data.ycoords, size)
+        self.windows = Windows.on_canvas(data.xcoords, data.ycoords, size, self.origin, self.shape)
+        probe_modes = torch.from_numpy(np.asarray(probe, dtype=np.complex64)).reshape(-1, size, size)
+        self.probe = probe_modes
+        self.probes = translate_modes(probe_modes, self.windows.remainder)  # (M, K, N, N)
+        self.intensities = (self.probes.real**2 + self.probes.imag**2).sum(dim=1)
+        self.targets = physics.uncentre(torch.from_numpy(np.asarray(data.amplitudes, dtype=np.float32)))
+        self.valid = None if data.mask is None else physics.uncentre(torch.from_numpy(data.mask))
+        illumination = coverage_map(self.windows, lambda chunk: self.probes[chunk], 256)
+        self.coverage = illumination
+        self.illumination = illumination / illumination.max()
+        self.xy = np.stack([data.xcoords, data.ycoords], axis=1)
+        self.size, self.count = size, data.n_patterns
+        self.pixel_size_m = pixel_size_of(data)
+
+    def start(self, reconstruction: Reconstruction | None) -> torch.Tensor:
+        """The start object (H, W): a reconstruction of this scan on the same canvas (pixels it does
+        not cover: its median covered amplitude), or flat (|O| = 1)."""
+        if reconstruction is None:
+            return torch.ones(self.shape, dtype=torch.complex64)
+        if tuple(reconstruction.origin) != tuple(self.origin) or reconstruction.object.shape != tuple(self.shape):
+            raise ValueError(f"unrolled: the start's canvas (origin {reconstruction.origin}, shape {reconstruction.object.shape}) "
+                             f"is not this scan's (origin {self.origin}, shape {self.shape})")
+        covered = reconstruction.coverage > 0
+        fill = np.float32(np.median(np.abs(reconstruction.object[covered]))) if covered.any() else np.float32(1.0)
+        return torch.from_numpy(np.where(covered, reconstruction.object, fill).astype(np.complex64))
+
+    def model_amplitudes(self, obj: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """sqrt(Σ_k |F(P_kj O_j)|²) (B, N, N), unshifted, of ``positions`` (B,), differentiable in obj."""
+        index = self.windows.index(positions)
+        patches = obj.reshape(-1)[index.reshape(-1)].view(-1, 1, self.size, self.size)
+        far = physics.propagate(self.probes[positions] * patches)
+        return torch.sqrt((far.real**2 + far.imag**2).sum(dim=1) + _LOSS_FLOOR)
+
+    def loss(self, obj: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Poisson NLL of the patterns of ``positions`` under ``obj`` (the network's training loss)."""
+        mask = None if self.valid is None else self.valid
+        return physics.poisson_nll(self.model_amplitudes(obj, positions), self.targets[positions], mask=mask)
+
+
+class Corrector(nn.Module):
+    """Residual CNN on the canvas: (object, update, illumination) -> complex correction; zero at the start."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.fine = nn.Sequential(nn.Conv2d(5, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU())
+        # A coarse branch (1/COARSE resolution) reaches the large-scale phase errors that the
+        # sweeps remove slowest; its output is upsampled and added to the fine features.
+        self.coarse = nn.Sequential(nn.Conv2d(5, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU())
+        self.head = nn.Conv2d(hidden, 2, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, obj: torch.Tensor, update: torch.Tensor, illumination: torch.Tensor) -> torch.Tensor:
+        planes = torch.stack([obj.real, obj.imag, update.real, update.imag, illumination])[None]
+        coarse = self.coarse(nn.functional.avg_pool2d(planes, COARSE, ceil_mode=True))
+        coarse = nn.functional.interpolate(coarse, scale_factor=COARSE, mode="bilinear", align_corners=False)
+        features = self.fine(planes) + coarse[..., : planes.shape[-2], : planes.shape[-1]]
+        out = self.head(features)[0]
+        return torch.complex(out[0], out[1]) * (illumination > 0)
+
+
+class UnrolledSweeps(nn.Module):
+    """K (rPIE sweep, corrector) steps on a canvas object (module docstring)."""
+
+    def __init__(self, settings: UnrolledSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.log_steps = nn.Parameter(torch.zeros(settings.sweeps))
+        self.momentum = nn.Parameter(torch.zeros(settings.sweeps))
+        # hidden 0: no correctors, the learned steps and momenta alone (a learned rPIE schedule)
+        self.correctors = nn.ModuleList([Corrector(settings.hidden) for _ in range(settings.sweeps)] if settings.hidden else [])
+
+    def sweep(self, obj: torch.Tensor, scan: CanvasScan, order: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """One rPIE sweep over ``order`` (positions) in batches, differentiable in obj and step."""
+        flat, size, alpha = obj.reshape(-1), scan.size, self.settings.rpie_alpha
+        training = torch.is_grad_enabled()
+        for start in range(0, len(order), self.settings.batch_size):
+            batch = order[start : start + self.settings.batch_size]
+            index = scan.windows.index(batch).reshape(-1)
+            probes = scan.probes[batch]
+            exit_waves = probes * flat[index].view(-1, 1, size, size)
+            far = physics.propagate(exit_waves)
+            power = (far.real**2 + far.imag**2).sum(dim=1, keepdim=True)
+            # the floor before the root while gradients flow (sqrt' is infinite at 0), after it otherwise (1e-30 squared underflows)
+            modulus = torch.sqrt(power.clamp_min(TRAINING_FLOOR**2)) if training else torch.sqrt(power).clamp_min(ENGINE_FLOOR)
+            target = scan.targets[batch].unsqueeze(1)
+            if scan.valid is not None:
+                target = torch.where(scan.valid, target, modulus)
+            delta = physics.backpropagate(far * (target / modulus)) - exit_waves
+            numerator = torch.zeros_like(flat).index_add(0, index, (probes.conj() * delta).sum(dim=1).reshape(-1))
+            illumination = torch.zeros(flat.shape, dtype=torch.float32).index_add(0, index, scan.intensities[batch].reshape(-1))
+            weight = 1.0 / ((1.0 - alpha) * illumination + alpha * illumination.max())
+            flat = flat + step * weight * numerator
+        return flat.view_as(obj)
+
+    def forward(self, obj: torch.Tensor, scan: CanvasScan, orders: list[torch.Tensor], on_step=None) -> torch.Tensor:
+        """The object after K steps; ``orders[k]``: the positions of sweep k, in order.
+        ``on_step(k, obj)``, if given, sees the object after each step k = 1..K (for benchmarks)."""
+        velocity = torch.zeros_like(obj)
+        for k in range(self.settings.sweeps):
+            swept = self.sweep(obj, scan, orders[k], torch.exp(self.log_steps[k]))
+            # heavy-ball momentum on the sweeps' updates (as mPIE), a learned factor per sweep, 0 at the start
+            velocity = swept - obj + self.momentum[k] * velocity
+            moved = obj + velocity
+            obj = moved + self.correctors[k](moved, velocity, scan.illumination) if self.correctors else moved
+            if on_step is not None:
+                on_step(k + 1, obj)
+        return obj
+
+
+def sweep_orders(count: int, sweeps: int, generator: torch.Generator, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """A random order of ``positions`` (default: all ``count``) for each sweep."""
+    chosen = torch.arange(count) if positions is None else positions
+    return [chosen[torch.randperm(len(chosen), generator=generator)] for _ in range(sweeps)]
+
+
+def region(xy: np.ndarray, share: float, rng: np.random.Generator) -> torch.Tensor:
+    """Positions inside a random square whose side is ``share`` of the scan's extent (at least 4 positions)."""
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    side = share * (high - low)
+    corner = low + rng.random(2) * (high - low - side)
+    inside = np.all((xy >= corner) & (xy <= corner + side), axis=1)
+    if inside.sum() < 4:
+        inside = np.ones(len(xy), dtype=bool)
+    return torch.from_numpy(np.flatnonzero(inside))
+
+
+def train_unrolled(model: UnrolledSweeps, scan: CanvasScan, starts: list[torch.Tensor], *, log=None) -> dict:
+    """Fit the steps and correctors on one training scan from ``start`` (its network reconstruction,
+    fixed: the base network is trained first, by ``ptycho.training``). Each step: a random region
+    (``region_share``), random sweep orders, the loss on the region's patterns. Adam, cosine
+    schedule. Returns {"loss_first", "loss_last", "seconds"} (loss_first: the untrained model,
+    i.e. K plain sweeps, on the whole scan; loss_last: the trained one, same orders)."""
+    settings = model.settings
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    everything = torch.arange(scan.count)
+    check_orders = sweep_orders(scan.count, settings.sweeps, torch.Generator().manual_seed(settings.seed + 1))
+    with torch.no_grad():
+        loss_first = [float(scan.loss(model(start, scan, check_orders), everything)) for start in starts]
+    # The steps and momenta are a handful of O(1) scalars: a larger rate lets them reach their values.
+    scalars = [model.log_steps, model.momentum]
+    optimiser = torch.optim.Adam([{"params": scalars, "lr": SCALAR_LEARNING_RATE},
+                                  {"params": list(model.correctors.parameters()), "lr": settings.learning_rate}])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(settings.steps, 1))
+    started = time.perf_counter()
+    for step in range(settings.steps):
+        positions = region(scan.xy, settings.region_share, rng)
+        orders = sweep_orders(scan.count, settings.sweeps, generator, positions)
+        loss = scan.loss(model(starts[step % len(starts)], scan, orders), positions)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if log is not None and (step + 1) % 25 == 0:
+            log(f"unrolled step {step + 1}/{settings.steps}: loss {float(loss.detach()):.6g}")
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        loss_last = [float(scan.loss(model(start, scan, check_orders), everything)) for start in starts]
+    return {"loss_first": loss_first, "loss_last": loss_last, "seconds": seconds}
+
+
+def reconstruct_unrolled(model: UnrolledSweeps, scan: CanvasScan, start: torch.Tensor, seed: int = 1, on_step=None) -> Reconstruction:
+    """The object after the K learned steps from ``start`` (fixed sweep orders from ``seed``);
+    ``on_step(k, reconstruction)``, if given, sees the reconstruction after each step."""
+    orders = sweep_orders(scan.count, model.settings.sweeps, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        obj = model(start, scan, orders, None if on_step is None else lambda k, current: on_step(k, as_reconstruction(scan, current)))
+    return as_reconstruction(scan, obj)
+
+
+def as_reconstruction(scan: CanvasScan, obj: torch.Tensor) -> Reconstruction:
+    """A canvas object of ``scan`` as a reconstruction (zero where no window reaches), method "unrolled"."""
+    obj = torch.where(scan.coverage > 0, obj, torch.zeros_like(obj))
+    probe = scan.probe.numpy()
+    return Reconstruction(obj.numpy().astype(np.complex64), scan.origin, scan.coverage.numpy().astype(np.float32), "unrolled",
+                          probe=probe[0] if len(probe) == 1 else probe, pixel_size_m=scan.pixel_size_m)
