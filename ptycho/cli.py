@@ -111,7 +111,7 @@ def _refine(args: argparse.Namespace) -> None:
     refine_config = config.load_section(args.params, "refine")
     errors = workflows.refine(
         load_dataset(args.test_data, by_rows=True), args.reconstruction, args.infer_stats, refine_config,
-        args.refined, args.history, args.stats, args.figure,
+        args.refined, args.history, args.stats, args.figure, args.bundle,
     )
     stats = json.loads(Path(args.stats).read_text())
     print(f"refine: wrote {args.refined}; from the {stats['start']} start, error {errors[0]:.4f} -> {errors[-1]:.4f} in {len(errors)} sweeps "
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--test-data", default="data/prepared/test.npz", help="test NPZ")
     refine.add_argument("--reconstruction", default="results/reconstruction.npz", help="the network's reconstruction to start from")
     refine.add_argument("--infer-stats", default="results/infer_stats.json", help="the network's timing (JSON), added to the refinement's")
+    refine.add_argument("--bundle", default="models/wts.h5.zip", help="the model bundle, read for its learned sweeps (refine.engine: learned)")
     _output(refine, "--refined", "results/refined.npz", "refined reconstruction to write")
     _output(refine, "--history", "results/refine_history.csv", "error metric per sweep (CSV)")
     _output(refine, "--stats", "results/refine_stats.json", "timing, network included (JSON)")

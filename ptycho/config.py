@@ -115,6 +115,13 @@ class Algorithm(str, enum.Enum):
     RPIE = "rpie"
 
 
+class RefineEngine(str, enum.Enum):
+    """What ``refine`` runs from its start."""
+
+    LEARNED = "learned"  # the bundle's learned sweeps (ptycho.nn.unrolled; model.unrolled_sweeps > 0)
+    SWEEPS = "sweeps"  # plain sweeps of the iterative engine (refine.algorithm)
+
+
 class RefineStart(str, enum.Enum):
     """Where ``refine`` starts the iterative engine (``ptycho.iterative.refinement``)."""
 
@@ -251,6 +258,8 @@ class ModelConfig(Section):
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     backbone: str = "cnn"  # the network family, one of ptycho.nn.NAMES (params key before format 3 of the bundle: architecture)
     window_share: float = 0.999  # predicted window: smallest centred square with this share of |P|^2 (0.99 cut the default probe: README "Predicted window")
+    unrolled_sweeps: int = 10  # K learned rPIE sweeps trained after the network (ptycho.nn.unrolled, refine.engine: learned); 0 = none
+    unrolled_hidden: int = 0  # channels of a residual CNN on the canvas after each learned sweep; 0 = learned steps and momenta only
 
     def check(self) -> None:
         from ptycho.nn import NAMES
@@ -271,6 +280,8 @@ class ModelConfig(Section):
         if self.grouping == "random":  # the canonical grouping does not use it
             _require(self.n_neighbours >= channels, "model.n_neighbours", f"must be >= gridsize**2 = {channels}, got {self.n_neighbours}")
         _require(self.n_filters_scale > 0, "model.n_filters_scale", f"must be > 0, got {self.n_filters_scale}")
+        _require(0 <= self.unrolled_sweeps <= 100, "model.unrolled_sweeps", f"must be in [0, 100] (0 = none), got {self.unrolled_sweeps}")
+        _require(0 <= self.unrolled_hidden <= 256, "model.unrolled_hidden", f"must be in [0, 256] (0 = no CNN), got {self.unrolled_hidden}")
 
 
 @dataclass(frozen=True)
@@ -295,9 +306,13 @@ class TrainConfig(Section):
     strategy: str = "auto"  # Lightning strategy, e.g. ddp for several GPUs
     precision: str = "32-true"  # Lightning precision, e.g. bf16-mixed on GPUs
     num_threads: int = 2  # torch CPU threads (fixed so that CPU runs are reproducible)
+    unrolled_steps: int = 200  # model.unrolled_sweeps > 0: training steps of the learned sweeps (after the network's epochs)
+    unrolled_learning_rate: float = 2.0e-3  # Adam's rate for their CNNs (their steps and momenta: ptycho.nn.unrolled.SCALAR_LEARNING_RATE)
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.unrolled_steps >= 1, "train.unrolled_steps", f"must be >= 1, got {self.unrolled_steps}")
+        _require(self.unrolled_learning_rate > 0, "train.unrolled_learning_rate", f"must be > 0, got {self.unrolled_learning_rate}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0.0 < self.val_fraction < 0.5, "train.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
@@ -436,7 +451,8 @@ class RefineConfig(BaselineConfig):
     network's reconstruction (object and calibrated probe) instead of a flat object."""
 
     SECTION: ClassVar[str] = "refine"
-    iterations: int | str = 5  # sweeps (>= 1), or auto: until a sweep lowers the data error by less than `tolerance`
+    iterations: int | str = AUTO  # sweeps (>= 1), or auto: learned: all K; sweeps: until a sweep lowers the data error by less than `tolerance`
+    engine: RefineEngine = RefineEngine.LEARNED  # learned: the bundle's K learned sweeps (iterations: auto = K, or the first n <= K); sweeps: plain ones
     start: RefineStart = RefineStart.AUTO
     trial_sweeps: int = 2  # start: auto: sweeps run from each start before the data errors are compared (they count)
     tolerance: float = 0.01  # iterations: auto: stop when a sweep lowers the data error by less than this share (0 < t < 1)

@@ -56,6 +56,9 @@ class Architecture:
     offset_input: how canonical groups give the offsets to the network: "encoding" (a learned
     constant per channel added to its pattern) or "planes" (2 C constant input planes, dx and dy
     of each channel in units of N, beside the patterns; the CNN only). Older bundles: "encoding".
+    unrolled_sweeps, unrolled_hidden: the learned sweeps trained after the network
+    (``ptycho.nn.unrolled``; ``DiffractionToObject.unrolled``), K and the channels of their canvas
+    CNNs (0 = steps and momenta only); K = 0: none (format 4; older bundles: 0).
     """
 
     N: int
@@ -66,6 +69,8 @@ class Architecture:
     amplitude_activation: str = "exp"
     grouping: str = "random"
     offset_input: str = "encoding"
+    unrolled_sweeps: int = 0
+    unrolled_hidden: int = 0
 
     def __post_init__(self):
         if self.window_px == 0:
@@ -82,6 +87,8 @@ class Architecture:
             raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {self.grouping!r}")
         if self.offset_input not in OFFSET_INPUTS:
             raise ValueError(f"offset_input must be one of {list(OFFSET_INPUTS)}, got {self.offset_input!r}")
+        if self.unrolled_sweeps < 0 or self.unrolled_hidden < 0:
+            raise ValueError(f"unrolled_sweeps and unrolled_hidden must be >= 0, got {self.unrolled_sweeps}, {self.unrolled_hidden}")
 
     @property
     def offset_planes(self) -> int:
@@ -144,6 +151,15 @@ class DiffractionToObject(nn.Module):
             self.offset_encoding = nn.Linear(2 * architecture.channels, architecture.channels)
             nn.init.zeros_(self.offset_encoding.weight)
             nn.init.zeros_(self.offset_encoding.bias)
+        # The learned sweeps work on the stitched canvas, not in forward(): they are kept here so that
+        # the bundle stores them with the network. Frozen while the network trains (no gradient
+        # reaches them there; DDP refuses parameters without one); ``unrolled.train_unrolled`` trains them.
+        self.unrolled = None
+        if architecture.unrolled_sweeps:
+            from ptycho.nn.unrolled import UnrolledSettings, UnrolledSweeps
+
+            self.unrolled = UnrolledSweeps(UnrolledSettings(sweeps=architecture.unrolled_sweeps, hidden=architecture.unrolled_hidden))
+            self.unrolled.requires_grad_(False)
 
     def forward(self, amplitudes: torch.Tensor, offsets_xy: torch.Tensor) -> torch.Tensor:
         # sqrt compresses the input's dynamic range (the central disc is ~100x brighter than

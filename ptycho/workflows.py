@@ -166,7 +166,7 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
     architecture = Architecture(
         N=size, gridsize=model_config.gridsize, n_filters_scale=model_config.n_filters_scale,
         backbone=model_config.backbone, window_px=window_px, grouping=model_config.grouping,
-        offset_input=model_config.offset_input,
+        offset_input=model_config.offset_input, unrolled_sweeps=model_config.unrolled_sweeps, unrolled_hidden=model_config.unrolled_hidden,
     )
     groups = make_groups(
         train_data.xcoords, train_data.ycoords, model_config.gridsize, model_config.n_neighbours,
@@ -197,6 +197,9 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
         "n_groups": groups.n_groups,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
+    if architecture.unrolled_sweeps:
+        final.update(_train_unrolled(train_data, autoencoder, diffraction_to_obj, train_config, config_snapshot))
+        final["wall_time_s"] = round(time.perf_counter() - started, 2)
     # Reports first, the bundle last: a kill in between may leave new reports beside the old
     # bundle, never a new bundle beside old reports.
     write_atomically(history_path, history)
@@ -207,6 +210,28 @@ def _train(train_data, model_config, train_config, bundle_path, history_path, me
         figures.loss_curves(result.history, figure_path, f"training: {final['epochs_run']} epochs, best validation at epoch {final['best_epoch']}")
     save_bundle(bundle_path, autoencoder, diffraction_to_obj, architecture, extras={"history.csv": history, "config.json": config_snapshot})
     return TrainSummary(history=result.history, metrics=final, stop_reason=result.stop_reason)
+
+
+def _train_unrolled(train_data, autoencoder, diffraction_to_obj, train_config: TrainConfig, config_snapshot: bytes) -> dict:
+    """Train the learned sweeps (``ptycho.nn.unrolled``) of the trained network on the training scan,
+    from the network's reconstruction of it (fp32, as any CPU computes it) and from flat; returns
+    the metrics it adds (``unrolled_*``)."""
+    from ptycho.bundle import Bundle
+    from ptycho.config import InferPrecision
+    from ptycho.inference import reconstruct
+    from ptycho.nn import unrolled
+
+    autoencoder.eval()
+    probe = autoencoder.calibrated_probe().detach().numpy().astype(np.complex64)
+    bundle = Bundle(autoencoder, diffraction_to_obj, diffraction_to_obj.architecture, float(diffraction_to_obj.intensity_scale),
+                    autoencoder.probe_scale, probe, {}, {"config.json": config_snapshot})
+    network = reconstruct(bundle, train_data, InferConfig(precision=InferPrecision.FP32), "the trained network")
+    scan = unrolled.CanvasScan(train_data, probe)
+    model = diffraction_to_obj.unrolled
+    torch.manual_seed(train_config.seed)
+    info = unrolled.train_unrolled(model, scan, [scan.start(network), scan.start(None)], steps=train_config.unrolled_steps,
+                                   learning_rate=train_config.unrolled_learning_rate, seed=train_config.seed)
+    return {"unrolled_loss_first": info["loss_first"], "unrolled_loss_last": info["loss_last"], "unrolled_wall_time_s": round(info["seconds"], 2)}
 
 
 def infer(
@@ -390,26 +415,47 @@ def baseline(
 def refine(
     test_data: PtychoDataset, reconstruction_path: str | Path, infer_stats_path: str | Path, config: RefineConfig,
     refined_path: str | Path, history_path: str | Path, stats_path: str | Path, figure_path: str | Path,
+    bundle_path: str | Path | None = None,
 ) -> list[float]:
-    """Network + refinement: sweeps of the iterative engine from the network's reconstruction (its
-    object and calibrated probe) or, where that explains the patterns worse, from a flat object,
-    for ``config.iterations`` sweeps or until the data error stops falling
-    (``ptycho.iterative.refinement``). The stats say which start was used, the trial errors and
+    """Network + refinement. ``config.engine`` learned: the bundle's learned sweeps
+    (``ptycho.nn.unrolled.refine_learned``; ``bundle_path`` is read for them); sweeps: sweeps of the
+    iterative engine (``ptycho.iterative.refinement``). Either starts from the network's
+    reconstruction (its object and calibrated probe) or, where that explains the patterns worse,
+    from a flat object, and runs ``config.iterations`` sweeps (auto: all K learned ones, or until
+    the data error stops falling). The stats say which start was used, the trial errors and
     why it stopped; they count the network's inference time too, so ``wall_time_s`` is what the
     hybrid costs from diffraction to object."""
     from ptycho import figures
+    from ptycho.config import RefineEngine
+    from ptycho.errors import ConfigError
     from ptycho.iterative.refinement import refine_scan
     from ptycho.reconstruction import load_reconstruction, save_reconstruction
 
     network = load_reconstruction(reconstruction_path)
     network_seconds = json.loads(Path(infer_stats_path).read_text())["wall_time_s"]
+    model = None
+    if config.engine is RefineEngine.LEARNED:
+        from ptycho.bundle import load_bundle
+
+        if bundle_path is None:
+            raise ConfigError("refine.engine: learned needs the model bundle (--bundle) that holds the learned sweeps")
+        model = load_bundle(bundle_path).diffraction_to_obj.unrolled
+        if model is None:
+            raise ConfigError(f"refine.engine: learned, but {bundle_path} holds no learned sweeps (trained with model.unrolled_sweeps: 0); "
+                              "train with model.unrolled_sweeps > 0 or use refine.engine: sweeps")
     started = time.perf_counter()
-    outcome = refine_scan(test_data, network, config)
+    if model is not None:
+        from ptycho.nn.unrolled import refine_learned
+
+        outcome = refine_learned(test_data, network, config, model, source=str(bundle_path))
+    else:
+        outcome = refine_scan(test_data, network, config)
     seconds = time.perf_counter() - started + network_seconds
     errors = outcome.errors
     save_reconstruction(outcome.reconstruction, refined_path)
     start = "network" if outcome.start.value == "network" else "flat start"
-    figures.reconstruction_figure(outcome.reconstruction, figure_path, f"{start} + {len(errors)} {config.algorithm.value} sweeps")
+    kind = "learned" if model is not None else config.algorithm.value
+    figures.reconstruction_figure(outcome.reconstruction, figure_path, f"{start} + {len(errors)} {kind} sweeps")
     write_atomically(history_path, csv_bytes([{"iteration": i + 1, "error": e} for i, e in enumerate(errors)]))
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1),
              "network_wall_time_s": network_seconds, **outcome.stats(), "final_error": errors[-1]}

@@ -13,8 +13,8 @@ SMALL_PREPARE = PrepareConfig(
     feature_px=4.0, nphotons=1e5, seed=5,
     detector_crop_px=0,  # the test figures were set on these 32 px patterns (an auto crop would take them to 20 px)
 )
-SMALL_MODEL = ModelConfig(gridsize=1, n_filters_scale=0.25)
-SMALL_TRAIN = TrainConfig(epochs=12, batch_size=16, learning_rate=2e-3, early_stopping_patience=20, seed=3)
+SMALL_MODEL = ModelConfig(gridsize=1, n_filters_scale=0.25, unrolled_sweeps=3)  # 3 learned sweeps: refine.engine learned
+SMALL_TRAIN = TrainConfig(epochs=12, batch_size=16, learning_rate=2e-3, early_stopping_patience=20, seed=3, unrolled_steps=20)
 
 
 @dataclasses.dataclass(frozen=True)

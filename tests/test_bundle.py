@@ -795,7 +795,7 @@ def test_canonical_grouping_round_trips_with_its_offset_encoding(tmp_path, grids
         diffraction_to_obj.offset_encoding.weight.normal_()
     save_bundle(tmp_path / "wts.h5.zip", autoencoder, diffraction_to_obj, shape, extras=EXTRAS)
     loaded = load_bundle(tmp_path / "wts.h5.zip")
-    assert loaded.architecture == shape and loaded.manifest["format_version"] == 3
+    assert loaded.architecture == shape and loaded.manifest["format_version"] == FORMAT_VERSION
     amplitudes, offsets = inputs(gridsize)
     diffraction_to_obj.eval()
     with torch.no_grad():

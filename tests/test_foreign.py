@@ -16,7 +16,7 @@ from ptycho.data import PtychoDataset, load_dataset
 from ptycho.errors import ConfigError
 
 FAST_TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=2e-3, early_stopping_patience=20, seed=3)
-FAST_MODEL = ModelConfig(n_filters_scale=0.25)
+FAST_MODEL = ModelConfig(n_filters_scale=0.25, unrolled_sweeps=0)
 
 
 def as_dataset(arrays: dict, probe_factor: float = 1.0) -> PtychoDataset:
@@ -98,7 +98,7 @@ def test_a_foreign_scan_goes_through_the_pipeline_and_the_network_learns(tmp_pat
     prepare = PrepareConfig(source=Source.NPZ, N=32, train_file=str(tmp_path / "train_in.npz"), test_file=str(tmp_path / "test_in.npz"))
     train, test = workflows.prepare(prepare, tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "preview.png")
     summary = workflows.train(
-        train, ModelConfig(n_filters_scale=0.25), dataclasses.replace(FAST_TRAIN, epochs=10), tmp_path / "wts.h5.zip",
+        train, FAST_MODEL, dataclasses.replace(FAST_TRAIN, epochs=10), tmp_path / "wts.h5.zip",
         tmp_path / "h.csv", tmp_path / "m.json", tmp_path / "ck",
     )
     bundle = load_bundle(tmp_path / "wts.h5.zip")
@@ -106,7 +106,7 @@ def test_a_foreign_scan_goes_through_the_pipeline_and_the_network_learns(tmp_pat
     history = summary.history
     assert history[-1]["val_loss"] < history[0]["val_loss"]  # it trains
     workflows.infer(test, tmp_path / "wts.h5.zip", InferConfig(), tmp_path / "net.npz", tmp_path / "net.png", tmp_path / "net.json")
-    workflows.refine(test, tmp_path / "net.npz", tmp_path / "net.json", RefineConfig(iterations=5), tmp_path / "ref.npz",
+    workflows.refine(test, tmp_path / "net.npz", tmp_path / "net.json", RefineConfig(iterations=5, engine="sweeps"), tmp_path / "ref.npz",
                      tmp_path / "rh.csv", tmp_path / "rs.json", tmp_path / "ref.png")
     workflows.baseline(test, BaselineConfig(iterations=30), tmp_path / "base.npz", tmp_path / "bh.csv", tmp_path / "bs.json", tmp_path / "base.png")
     report = workflows.evaluate(

@@ -18,8 +18,8 @@ SMALL = {
                 "detector_crop_px": 0},  # the check's figures were set on 32 px patterns
     # and a 16 px window (share 0.99): a 2-epoch network with the default 0.999 window (22 px here) can
     # come out anti-correlated, which the check's Pearson >= 0 refuses; the mechanics are what is tested
-    "model": {"n_filters_scale": 0.125, "window_share": 0.99},
-    "train": {"epochs": 2},
+    "model": {"n_filters_scale": 0.125, "window_share": 0.99, "unrolled_sweeps": 3},
+    "train": {"epochs": 2, "unrolled_steps": 10},
     "infer": {},
     "evaluate": {"margin_px": 2},
     "check": {},

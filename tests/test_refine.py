@@ -19,7 +19,7 @@ def test_refinement_improves_the_network_and_counts_its_time(evaluated_run, tmp_
     run, report = evaluated_run
     test = load_dataset(run.test_path)
     errors = workflows.refine(
-        test, run.folder / "reconstruction.npz", run.folder / "infer_stats.json", RefineConfig(iterations=5, batch_size=16),
+        test, run.folder / "reconstruction.npz", run.folder / "infer_stats.json", RefineConfig(iterations=5, batch_size=16, engine="sweeps"),
         tmp_path / "refined.npz", tmp_path / "h.csv", tmp_path / "s.json", tmp_path / "r.png",
     )
     refined = load_reconstruction(tmp_path / "refined.npz")
@@ -88,7 +88,7 @@ def test_auto_start_falls_back_to_flat_when_the_network_start_is_bad(evaluated_r
     test = load_dataset(run.test_path)
     bad = corrupted(load_reconstruction(run.folder / "reconstruction.npz"))
     save_reconstruction(bad, tmp_path / "bad.npz")
-    settings = RefineConfig(iterations=5, batch_size=16)
+    settings = RefineConfig(iterations=5, batch_size=16, engine="sweeps")
     workflows.refine(test, tmp_path / "bad.npz", run.folder / "infer_stats.json", settings,
                      tmp_path / "refined.npz", tmp_path / "h.csv", tmp_path / "s.json", tmp_path / "r.png")
     stats = json.loads((tmp_path / "s.json").read_text())

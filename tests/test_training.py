@@ -45,7 +45,7 @@ def test_train_workflow_writes_a_loadable_bundle_and_history(trained_run):
     from ptycho.data import load_dataset
 
     window = physics.probe_window(load_dataset(trained_run.train_path).probe, SMALL_MODEL.window_share)
-    assert bundle.architecture == Architecture(32, 1, 0.25, window_px=window)
+    assert bundle.architecture == Architecture(32, 1, 0.25, window_px=window, unrolled_sweeps=3)
     history = (trained_run.folder / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 1 + trained_run.summary.metrics["epochs_run"]
     assert bundle.extras["history.csv"].decode().splitlines() == history

@@ -1,17 +1,22 @@
 """The unrolled family (``ptycho.nn.unrolled``): untrained it is plain rPIE, training lowers the
 data loss, and the learned part generalises to another scan of the same instrument."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from ptycho import physics
-from ptycho.bundle import load_bundle
-from ptycho.config import BaselineConfig
+from ptycho import physics, workflows
+from ptycho.bundle import load_bundle, save_bundle
+from ptycho.config import BaselineConfig, RefineConfig
+from ptycho.errors import ConfigError
+from ptycho.model import Architecture, build_models
 from ptycho.data import load_dataset
 from ptycho.inference import reconstruct
 from ptycho.iterative.forward import model_amplitudes
 from ptycho.iterative.pie import PieRun
+from ptycho.reconstruction import load_reconstruction
 from ptycho.nn.unrolled import CanvasScan, UnrolledSettings, UnrolledSweeps, reconstruct_unrolled, train_unrolled
 
 
@@ -83,3 +88,54 @@ def test_a_start_from_another_canvas_is_refused(scans):
     scan = CanvasScan(test, bundle.probe)
     with pytest.raises(ValueError, match="is not this scan's"):
         scan.start(network_train)
+
+
+def test_refine_runs_the_bundles_learned_sweeps_from_the_better_start(evaluated_run, tmp_path):
+    """The shared bundle was trained with model.unrolled_sweeps 3 (conftest): refine's default engine
+    runs them from both starts, keeps the lower data error, and explains the patterns better than the network."""
+    run, _ = evaluated_run
+    test = load_dataset(run.test_path)
+    paths = dict(refined_path=tmp_path / "refined.npz", history_path=tmp_path / "h.csv", stats_path=tmp_path / "s.json",
+                 figure_path=tmp_path / "r.png")
+    errors = workflows.refine(test, run.folder / "reconstruction.npz", run.folder / "infer_stats.json", RefineConfig(),
+                              bundle_path=run.bundle_path, **paths)
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["iterations"] == len(errors) == 3 and stats["stop_reason"] == "learned sweeps: 3 of 3"
+    assert set(stats["trial_errors"]) == {"network", "flat"}
+    assert stats["trial_errors"][stats["start"]] == min(stats["trial_errors"].values()) == errors[-1]
+    refined = load_reconstruction(tmp_path / "refined.npz")
+    network = load_reconstruction(run.folder / "reconstruction.npz")
+    assert refined.method == "refined-learned"
+    assert data_error(refined, test) < 0.8 * data_error(network, test)
+    # the first n of the K steps; more than K is refused, naming the bundle's K
+    workflows.refine(test, run.folder / "reconstruction.npz", run.folder / "infer_stats.json", RefineConfig(iterations=2, start="network"),
+                     bundle_path=run.bundle_path, **paths)
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["iterations"] == 2 and stats["start"] == "network" and stats["trial_errors"] == {}
+    with pytest.raises(ConfigError, match="refine.iterations: 4 learned sweeps asked for, .* has 3"):
+        workflows.refine(test, run.folder / "reconstruction.npz", run.folder / "infer_stats.json", RefineConfig(iterations=4),
+                         bundle_path=run.bundle_path, **paths)
+
+
+def test_refine_learned_needs_a_bundle_that_holds_learned_sweeps(evaluated_run, tmp_path):
+    run, _ = evaluated_run
+    test = load_dataset(run.test_path)
+    paths = dict(refined_path=tmp_path / "refined.npz", history_path=tmp_path / "h.csv", stats_path=tmp_path / "s.json",
+                 figure_path=tmp_path / "r.png")
+    arguments = (test, run.folder / "reconstruction.npz", run.folder / "infer_stats.json", RefineConfig())
+    with pytest.raises(ConfigError, match="needs the model bundle"):
+        workflows.refine(*arguments, **paths)
+    architecture = Architecture(N=test.pattern_size, gridsize=1, n_filters_scale=0.125)
+    autoencoder, diffraction_to_obj = build_models(architecture, test.probe / np.linalg.norm(test.probe), 1.0)
+    save_bundle(tmp_path / "plain.h5.zip", autoencoder, diffraction_to_obj, architecture)
+    with pytest.raises(ConfigError, match="holds no learned sweeps"):
+        workflows.refine(*arguments, bundle_path=tmp_path / "plain.h5.zip", **paths)
+    assert not (tmp_path / "refined.npz").exists()
+
+
+def test_the_learned_sweeps_travel_in_the_bundle(trained_run):
+    bundle = load_bundle(trained_run.bundle_path)
+    assert bundle.architecture.unrolled_sweeps == 3 and bundle.architecture.unrolled_hidden == 0
+    steps = torch.exp(bundle.diffraction_to_obj.unrolled.log_steps)
+    assert not torch.allclose(steps, torch.ones(3))  # trained, not the initial schedule
+    assert not any(parameter.requires_grad for parameter in bundle.diffraction_to_obj.unrolled.parameters())

@@ -7,14 +7,15 @@
 For each scenario (scan step = a fraction of the probe diameter, mean photons per pattern) the
 pipeline's own workflow functions run in a folder of their own: ``workflows.prepare`` simulates a
 training and a test scan, ``train`` fits the network, ``infer`` reconstructs the test scan,
-``refine`` runs k sweeps from the network's reconstruction, ``baseline`` runs rPIE from a flat
+``refine`` runs k sweeps (of its ``engine``: the bundle's learned sweeps by default, k = their
+number with ``iterations: auto``) from the network's reconstruction, ``baseline`` runs rPIE from a flat
 object with the `baseline:` settings, and ``evaluate`` scores all three on one common region
 (SSIM against the truth, data R-factor on the patterns every method covers).
 
 Two iterative runs are then repeated with the object scored after every sweep
 (``ptycho.benchmarks.sweeps.sweep_curve``, the scoring time excluded from the wall times): rPIE from a flat
-object up to ``max_sweeps`` sweeps, and the refinement from the network's reconstruction up to the
-baseline's sweep count. They give the fair speed comparison, how many sweeps and seconds rPIE needs
+object up to ``max_sweeps`` sweeps, and plain rPIE sweeps from the network's reconstruction up to the
+baseline's sweep count (the ``refine_to_match_rpie`` curve: the plain engine, whatever refine.engine says). They give the fair speed comparison, how many sweeps and seconds rPIE needs
 to reach the SSIM of network + refinement, and how many refinement sweeps reach the SSIM of rPIE at
 its configured sweep count, and rPIE's best SSIM over the sweeps it ran (at low dose more sweeps can
 fit the noise). Training time is reported on its own: it is paid once per kind of sample and
@@ -143,7 +144,7 @@ def run_scenario(scenario: Scenario, settings: Settings, folder: str | Path) -> 
     network = workflows.infer(test, folder / "wts.h5.zip", settings.infer, folder / "reconstruction.npz",
                               folder / "reconstruction.png", folder / "infer_stats.json")
     workflows.refine(test, folder / "reconstruction.npz", folder / "infer_stats.json", settings.refine, folder / "refined.npz",
-                     folder / "refine_history.csv", folder / "refine_stats.json", folder / "refined.png")
+                     folder / "refine_history.csv", folder / "refine_stats.json", folder / "refined.png", folder / "wts.h5.zip")
     workflows.baseline(test, settings.baseline, folder / "baseline.npz", folder / "baseline_history.csv",
                        folder / "baseline_stats.json", folder / "baseline.png")
     paths = {method: folder / f"{stem}.npz" for method, stem in (("pinn", "reconstruction"), ("refined", "refined"), ("baseline", "baseline"))}
@@ -160,6 +161,7 @@ def run_scenario(scenario: Scenario, settings: Settings, folder: str | Path) -> 
         initial=network, stop=lambda point: point.reaches(rpie["amplitude.ssim"], rpie["phase.ssim"]),
     )
     best = max(rpie_curve, key=lambda point: point.amplitude_ssim + point.phase_ssim)
+    refine_sweeps = json.loads((folder / "refine_stats.json").read_text())["iterations"]  # refine.iterations may be auto
     network_s = report["pinn"]["wall_time_s"]
     keys = ("amplitude.ssim", "phase.ssim", "amplitude.psnr", "phase.psnr", "frc.resolution_px_0.5", "data.r_factor", "twin.fraction", "twin.blend", "wall_time_s")
     return {
@@ -171,10 +173,11 @@ def run_scenario(scenario: Scenario, settings: Settings, folder: str | Path) -> 
         "n_test_patterns": test.n_patterns,
         "train": {"wall_time_s": summary.metrics["wall_time_s"], "epochs_run": summary.metrics["epochs_run"]},
         **{method: {key: report[method][key] for key in keys} for method in ("pinn", "refined", "baseline")},
-        "refine_sweeps": settings.refine.iterations,
+        "refine_sweeps": refine_sweeps,
+        "refine_engine": settings.refine.engine.value,
         "baseline_sweeps": settings.baseline.iterations,
         "rpie_best": _point(best),
-        "rpie_at_refine_sweeps": _point(rpie_curve[min(settings.refine.iterations, len(rpie_curve)) - 1]),
+        "rpie_at_refine_sweeps": _point(rpie_curve[min(refine_sweeps, len(rpie_curve)) - 1]),
         "rpie_to_match_refined": _point(first_reaching(rpie_curve, refined["amplitude.ssim"], refined["phase.ssim"])),
         "rpie_to_match_network": _point(first_reaching(rpie_curve, report["pinn"]["amplitude.ssim"], report["pinn"]["phase.ssim"])),
         # network inference included: the seconds are what the hybrid costs from diffraction to object

@@ -20,18 +20,18 @@ network can be scored on); the scoring time is left out of the wall times:
 - ``network+rpie``: the network (``ptycho.inference.reconstruct`` as `infer` runs it, without
   the diagnostics `infer` adds to its stats; median of 3, at sweep 0), then rPIE sweeps from
   its object and calibrated probe, 1..max, the network's time included;
-- ``refine``: what the `refine` stage does (``ptycho.iterative.refinement``: trial sweeps from the
+- ``refine``: what the `refine` stage does with ``engine: sweeps`` (``ptycho.iterative.refinement``: trial sweeps from the
   network and from flat, the lower data error goes on), the network's time and both trials
   included; its first point comes after the trial sweeps;
 - ``adapted`` / ``adapted+rpie`` (``--adapt-epochs`` > 0, default 30): the network fine-tuned on the
   test scan's own patterns first (``infer.adapt_epochs``, ``ptycho.adaptation``), alone and then rPIE
   sweeps from it, the adaptation's time included;
-- the unrolled family (``ptycho.nn.unrolled``, ``--unrolled-sweeps`` K > 0, default 10), each trained on
-  the family's training scan after the network (from the network's object and from flat, training
-  time reported apart), scored after each of its K steps: ``network+unrolled`` (rPIE sweeps, learned
-  steps and momenta, and a residual CNN on the canvas after each), ``network+schedule`` (the same
-  without the CNNs: learned steps and momenta only) and ``flat+schedule`` (that schedule from a flat
-  object, no network at inference).
+- the unrolled family (``ptycho.nn.unrolled``, ``--unrolled-sweeps`` K > 0, default 10, the pipeline's
+  model.unrolled_sweeps), trained on the family's training scan after the network (from the network's
+  object and from flat; training time reported apart), scored after each of its K steps:
+  ``network+schedule`` (the bundle's learned sweeps, learned steps and momenta: what `refine` runs
+  from the network), ``flat+schedule`` (the same from a flat object, no network at inference) and
+  ``network+unrolled`` (the same K with a residual CNN on the canvas after each sweep, trained here).
 
 Training time is reported on its own (paid once per kind of sample and instrument). The summary
 per family gives the two checks of issue 17: network + 5 sweeps (plain and ``refine``) against 5
@@ -195,45 +195,46 @@ def adapted_network(folder: Path, test: PtychoDataset, epochs: int) -> tuple[Rec
     return reconstruction, time.perf_counter() - started
 
 
-def unrolled_curves(bundle, train: PtychoDataset, test: PtychoDataset, network_train: Reconstruction, network: Reconstruction,
-                    network_s: float, score: Scorer, sweeps: int, steps: int) -> tuple[list[Point], dict]:
-    """Train and score the unrolled methods (``UNROLLED_METHODS``); (points, {method: training info})."""
+def unrolled_curves(bundle, train: PtychoDataset, test: PtychoDataset, network: Reconstruction, network_s: float, score: Scorer,
+                    steps: int, seed: int) -> tuple[list[Point], dict]:
+    """Score the unrolled methods (``UNROLLED_METHODS``): the bundle's learned schedule (trained by
+    ``workflows.train``, model.unrolled_sweeps) and, trained here the same way, the same K with
+    canvas CNNs; (points, {"hidden_16": training info})."""
+    from ptycho.config import InferPrecision
     from ptycho.nn import unrolled
 
+    schedule = bundle.diffraction_to_obj.unrolled
     scan_train, scan_test = unrolled.CanvasScan(train, bundle.probe), unrolled.CanvasScan(test, bundle.probe)
-    trained: dict[int, unrolled.UnrolledSweeps] = {}
+    network_train = reconstruct(bundle, train, InferConfig(precision=InferPrecision.FP32), "the benchmark's bundle")
+    torch.manual_seed(seed)
+    with_cnn = unrolled.UnrolledSweeps(unrolled.UnrolledSettings(sweeps=schedule.settings.sweeps, hidden=16))
+    info = unrolled.train_unrolled(with_cnn, scan_train, [scan_train.start(network_train), scan_train.start(None)], steps=steps, seed=seed)
+    trained = {0: schedule, 16: with_cnn}
     points: list[Point] = []
-    training: dict[str, dict] = {}
     for method, (from_network, hidden) in UNROLLED_METHODS.items():
-        if hidden not in trained:
-            torch.manual_seed(1)
-            model = unrolled.UnrolledSweeps(unrolled.UnrolledSettings(sweeps=sweeps, hidden=hidden, steps=steps))
-            info = unrolled.train_unrolled(model, scan_train, [scan_train.start(network_train), scan_train.start(None)])
-            trained[hidden] = model
-            training[f"hidden_{hidden}"] = {key: value if key != "seconds" else round(value, 1) for key, value in info.items()}
-        model = trained[hidden]
         offset_s = network_s if from_network else 0.0
         if from_network:
             points.append(Point(method, 0, network_s, *score(network)))
         scoring_s = 0.0
         started = time.perf_counter()
 
-        def on_step(k: int, reconstruction: Reconstruction) -> None:
+        def on_step(k: int, reconstruction: Reconstruction, error: float) -> None:
             nonlocal scoring_s
             reached = time.perf_counter()
             points.append(Point(method, k, offset_s + reached - started - scoring_s, *score(reconstruction)))
             scoring_s += time.perf_counter() - reached
 
-        unrolled.reconstruct_unrolled(model, scan_test, scan_test.start(network if from_network else None), on_step=on_step)
-    return points, training
+        unrolled.reconstruct_unrolled(trained[hidden], scan_test, scan_test.start(network if from_network else None), on_step=on_step)
+    return points, {"hidden_16": {key: value if key != "seconds" else round(value, 1) for key, value in info.items()}}
 
 
 def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, builder_path: str | Path, report_line: Callable[[str], None],
-               adapt_epochs: int = 0, unrolled_sweeps: int = 0, unrolled_steps: int = 200) -> dict:
+               adapt_epochs: int = 0, unrolled_sweeps: int = 0, unrolled_steps: int = 200, seed: int = 3) -> dict:
     """Train, infer and run every method on one family; returns its points and summary."""
     train, test = family_scans(family, folder, builder_path)
     started = time.perf_counter()
-    workflows.train(train, ModelConfig(), TrainConfig(epochs=epochs, seed=3), folder / "wts.h5.zip", folder / "h.csv", folder / "m.json", folder / "ck")
+    trained = workflows.train(train, ModelConfig(unrolled_sweeps=unrolled_sweeps), TrainConfig(epochs=epochs, seed=seed, unrolled_steps=unrolled_steps),
+                              folder / "wts.h5.zip", folder / "h.csv", folder / "m.json", folder / "ck")
     training_s = time.perf_counter() - started
     bundle = load_bundle(folder / "wts.h5.zip")
     infer_seconds = []
@@ -248,7 +249,7 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
     points += pie_curve("rpie", test, baseline, max_sweeps, score)
     points += [dataclasses.replace(points[0], method="network+rpie")]
     points += pie_curve("network+rpie", test, baseline, max_sweeps, score, initial=network, offset_s=network_s)
-    refine_settings = RefineConfig(**{**dataclasses.asdict(baseline), "iterations": max_sweeps})
+    refine_settings = RefineConfig(**{**dataclasses.asdict(baseline), "iterations": max_sweeps, "engine": "sweeps"})
     points += refine_curve(test, network, refine_settings, score, offset_s=network_s)
     if adapt_epochs > 0:
         adapted, adapted_s = adapted_network(folder, test, adapt_epochs)
@@ -256,9 +257,8 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
         points += pie_curve("adapted+rpie", test, baseline, max_sweeps, score, initial=adapted, offset_s=adapted_s)
     unrolled_training = {}
     if unrolled_sweeps > 0:
-        network_train = reconstruct(bundle, train, InferConfig(), folder / "wts.h5.zip")
-        unrolled_points, unrolled_training = unrolled_curves(bundle, train, test, network_train, network, network_s, score,
-                                                             unrolled_sweeps, unrolled_steps)
+        unrolled_points, unrolled_training = unrolled_curves(bundle, train, test, network, network_s, score, unrolled_steps, seed)
+        unrolled_training["schedule"] = {key: trained.metrics[f"unrolled_{key}"] for key in ("loss_first", "loss_last", "wall_time_s")}
         points += unrolled_points
     summary = summarise([p for p in points], baseline.iterations)
     if unrolled_training:
@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt-epochs", type=int, default=30, help="test-time adaptation epochs (infer.adapt_epochs) of the adapted method; 0 = none")
     parser.add_argument("--unrolled-sweeps", type=int, default=10, help="K of the unrolled methods (ptycho.nn.unrolled); 0 = none")
     parser.add_argument("--unrolled-steps", type=positive_int, default=200, help="training steps of each unrolled model")
+    parser.add_argument("--seed", type=int, default=3, help="train.seed of the network and of the learned sweeps")
     parser.add_argument("--output", default="results/time_to_quality.json")
     args = parser.parse_args(argv)
     families = args.families.split(",")
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     report = {"threads": args.threads, "load_average_1min_start": os.getloadavg()[0], "epochs": args.epochs,
-              "adapt_epochs": args.adapt_epochs, "unrolled_sweeps": args.unrolled_sweeps, "families": {}}
+              "adapt_epochs": args.adapt_epochs, "unrolled_sweeps": args.unrolled_sweeps, "seed": args.seed, "families": {}}
     try:
         with tempfile.TemporaryDirectory() as scratch:
             for family in families:
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 report["families"][family] = run_family(
                     family, folder, epochs=args.epochs, max_sweeps=args.max_sweeps, builder_path=args.foreign_builder, report_line=print,
-                    adapt_epochs=args.adapt_epochs, unrolled_sweeps=args.unrolled_sweeps, unrolled_steps=args.unrolled_steps,
+                    adapt_epochs=args.adapt_epochs, unrolled_sweeps=args.unrolled_sweeps, unrolled_steps=args.unrolled_steps, seed=args.seed,
                 )
     finally:
         torch.set_num_threads(threads)

@@ -15,7 +15,9 @@ Layout of the zip, members in this order:
 Format history: 1 had a photon-calibrated probe, no probe scale, the CNN's keys at the top of
 the network (``encoder.*``), a sigmoid amplitude and an N/2 window; such bundles still load
 (``_upgrade_format1``) and predict exactly as before. Format 3 names the network family
-``backbone`` in the architecture JSON (formats 1 and 2: ``network``, still read).
+``backbone`` in the architecture JSON (formats 1 and 2: ``network``, still read). Format 4 adds the
+learned sweeps (``unrolled_sweeps``, ``unrolled_hidden`` in the architecture, their weights under
+``unrolled.*`` in both groups; older bundles: none).
 - extras (e.g. ``history.csv``, ``config.json``), stored byte for byte, sorted by name.
 
 Nothing is pickled: loading reads JSON and HDF5 datasets only and never executes code from the

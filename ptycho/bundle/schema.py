@@ -22,7 +22,7 @@ from ptycho.grouping import GROUPINGS
 from ptycho.model import AMPLITUDE_ACTIVATIONS, BACKBONE_NAMES, OFFSET_INPUTS, Architecture, build_models
 
 FORMAT = "ptycho-bundle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 BACKEND = "pytorch"
 MODEL_NAMES = ("autoencoder", "diffraction_to_obj")
 
@@ -85,6 +85,8 @@ ARCHITECTURE_LIMITS: dict[str, Allowed] = {
     "amplitude_activation": Allowed(choices=AMPLITUDE_ACTIVATIONS),
     "grouping": Allowed(choices=GROUPINGS),  # format 3; older bundles: "random"
     "offset_input": Allowed(choices=OFFSET_INPUTS),  # older bundles: "encoding"
+    "unrolled_sweeps": Allowed(0, 100),  # format 4; older bundles: 0 (none)
+    "unrolled_hidden": Allowed(0, 256),  # format 4; older bundles: 0
 }
 
 # Numeric root attributes of wts.h5: each a finite real scalar in its range. One added in a

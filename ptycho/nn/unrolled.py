@@ -31,8 +31,11 @@ import torch
 from torch import nn
 
 from ptycho import physics
+from ptycho.config import AUTO, RefineConfig, RefineStart
 from ptycho.data import PtychoDataset, pixel_size_of
+from ptycho.errors import ConfigError, DataError
 from ptycho.iterative.forward import Windows, coverage_map, translate_modes
+from ptycho.iterative.refinement import Refinement
 from ptycho.reconstruction import Reconstruction
 from ptycho.stitching import canvas_frame
 
@@ -146,10 +149,13 @@ class UnrolledSweeps(nn.Module):
         # hidden 0: no correctors, the learned steps and momenta alone (a learned rPIE schedule)
         self.correctors = nn.ModuleList([Corrector(settings.hidden) for _ in range(settings.sweeps)] if settings.hidden else [])
 
-    def sweep(self, obj: torch.Tensor, scan: CanvasScan, order: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """One rPIE sweep over ``order`` (positions) in batches, differentiable in obj and step."""
+    def sweep(self, obj: torch.Tensor, scan: CanvasScan, order: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One rPIE sweep over ``order`` (positions) in batches, differentiable in obj and step;
+        returns (object, the sweep's data error): the engine's normalised amplitude error, each
+        pattern's |F| taken from the estimate in use when it was processed (``PieRun.sweep``)."""
         flat, size, alpha = obj.reshape(-1), scan.size, self.settings.rpie_alpha
         training = torch.is_grad_enabled()
+        misfit = energy = 0.0
         for start in range(0, len(order), self.settings.batch_size):
             batch = order[start : start + self.settings.batch_size]
             index = scan.windows.index(batch).reshape(-1)
@@ -162,25 +168,29 @@ class UnrolledSweeps(nn.Module):
             target = scan.targets[batch].unsqueeze(1)
             if scan.valid is not None:
                 target = torch.where(scan.valid, target, modulus)
+            if not training:  # the error costs nothing extra here; under training it is not needed
+                misfit += float(torch.sum((modulus - target) ** 2))
+                energy += float(torch.sum(target**2 if scan.valid is None else target**2 * scan.valid))
             delta = physics.backpropagate(far * (target / modulus)) - exit_waves
             numerator = torch.zeros_like(flat).index_add(0, index, (probes.conj() * delta).sum(dim=1).reshape(-1))
             illumination = torch.zeros(flat.shape, dtype=torch.float32).index_add(0, index, scan.intensities[batch].reshape(-1))
             weight = 1.0 / ((1.0 - alpha) * illumination + alpha * illumination.max())
             flat = flat + step * weight * numerator
-        return flat.view_as(obj)
+        return flat.view_as(obj), math.sqrt(misfit / energy) if energy > 0 else float("nan")
 
     def forward(self, obj: torch.Tensor, scan: CanvasScan, orders: list[torch.Tensor], on_step=None) -> torch.Tensor:
         """The object after K steps; ``orders[k]``: the positions of sweep k, in order.
-        ``on_step(k, obj)``, if given, sees the object after each step k = 1..K (for benchmarks)."""
+        ``on_step(k, obj, error)``, if given, sees the object after each step k = 1..K and the data
+        error of that step's sweep (NaN while gradients flow)."""
         velocity = torch.zeros_like(obj)
-        for k in range(self.settings.sweeps):
-            swept = self.sweep(obj, scan, orders[k], torch.exp(self.log_steps[k]))
+        for k in range(len(orders)):  # K steps, or the first len(orders) of them
+            swept, error = self.sweep(obj, scan, orders[k], torch.exp(self.log_steps[k]))
             # heavy-ball momentum on the sweeps' updates (as mPIE), a learned factor per sweep, 0 at the start
             velocity = swept - obj + self.momentum[k] * velocity
             moved = obj + velocity
             obj = moved + self.correctors[k](moved, velocity, scan.illumination) if self.correctors else moved
             if on_step is not None:
-                on_step(k + 1, obj)
+                on_step(k + 1, obj, error)
         return obj
 
 
@@ -201,13 +211,25 @@ def region(xy: np.ndarray, share: float, rng: np.random.Generator) -> torch.Tens
     return torch.from_numpy(np.flatnonzero(inside))
 
 
-def train_unrolled(model: UnrolledSweeps, scan: CanvasScan, starts: list[torch.Tensor], *, log=None) -> dict:
+def train_unrolled(model: UnrolledSweeps, scan: CanvasScan, starts: list[torch.Tensor], *, steps: int | None = None,
+                   learning_rate: float | None = None, seed: int | None = None, log=None) -> dict:
     """Fit the steps and correctors on one training scan from ``start`` (its network reconstruction,
     fixed: the base network is trained first, by ``ptycho.training``). Each step: a random region
     (``region_share``), random sweep orders, the loss on the region's patterns. Adam, cosine
     schedule. Returns {"loss_first", "loss_last", "seconds"} (loss_first: the untrained model,
-    i.e. K plain sweeps, on the whole scan; loss_last: the trained one, same orders)."""
-    settings = model.settings
+    i.e. K plain sweeps, on the whole scan; loss_last: the trained one, same orders). ``steps``,
+    ``learning_rate``, ``seed``: instead of the model's settings. The parameters are trainable
+    during the call and frozen after it (``model.DiffractionToObject.unrolled``)."""
+    settings = dataclasses.replace(model.settings, **{key: value for key, value in
+                                                      (("steps", steps), ("learning_rate", learning_rate), ("seed", seed)) if value is not None})
+    model.requires_grad_(True)
+    try:
+        return _fit(model, scan, starts, settings, log)
+    finally:
+        model.requires_grad_(False)
+
+
+def _fit(model: UnrolledSweeps, scan: CanvasScan, starts: list[torch.Tensor], settings: UnrolledSettings, log) -> dict:
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     everything = torch.arange(scan.count)
@@ -236,12 +258,14 @@ def train_unrolled(model: UnrolledSweeps, scan: CanvasScan, starts: list[torch.T
     return {"loss_first": loss_first, "loss_last": loss_last, "seconds": seconds}
 
 
-def reconstruct_unrolled(model: UnrolledSweeps, scan: CanvasScan, start: torch.Tensor, seed: int = 1, on_step=None) -> Reconstruction:
-    """The object after the K learned steps from ``start`` (fixed sweep orders from ``seed``);
-    ``on_step(k, reconstruction)``, if given, sees the reconstruction after each step."""
-    orders = sweep_orders(scan.count, model.settings.sweeps, torch.Generator().manual_seed(seed))
+def reconstruct_unrolled(model: UnrolledSweeps, scan: CanvasScan, start: torch.Tensor, seed: int = 1, on_step=None,
+                         steps: int | None = None) -> Reconstruction:
+    """The object after the K learned steps (or the first ``steps``) from ``start`` (fixed sweep
+    orders from ``seed``); ``on_step(k, reconstruction, error)``, if given, sees the reconstruction
+    after each step and the data error of its sweep."""
+    orders = sweep_orders(scan.count, model.settings.sweeps if steps is None else steps, torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        obj = model(start, scan, orders, None if on_step is None else lambda k, current: on_step(k, as_reconstruction(scan, current)))
+        obj = model(start, scan, orders, None if on_step is None else lambda k, current, error: on_step(k, as_reconstruction(scan, current), error))
     return as_reconstruction(scan, obj)
 
 
@@ -251,3 +275,36 @@ def as_reconstruction(scan: CanvasScan, obj: torch.Tensor) -> Reconstruction:
     probe = scan.probe.numpy()
     return Reconstruction(obj.numpy().astype(np.complex64), scan.origin, scan.coverage.numpy().astype(np.float32), "unrolled",
                           probe=probe[0] if len(probe) == 1 else probe, pixel_size_m=scan.pixel_size_m)
+
+
+def refine_learned(data: PtychoDataset, network: Reconstruction, settings: RefineConfig, model: UnrolledSweeps, *,
+                   source: str = "the bundle") -> Refinement:
+    """``refine`` with ``engine: learned``: the model's learned steps from the network's object, from
+    flat, or (``start: auto``) from both, keeping the one whose final data error is lower (a tie keeps
+    the network). Both starts use the network's calibrated probe, the one the steps were trained
+    with. ``iterations``: auto = all K steps, or the first n <= K. The errors are those of each
+    step's sweep, as the engine's (``UnrolledSweeps.sweep``): no extra forward pass."""
+    count = model.settings.sweeps
+    steps = count if settings.iterations == AUTO else settings.iterations
+    if steps > count:
+        raise ConfigError(f"refine.iterations: {steps} learned sweeps asked for, {source} has {count} (model.unrolled_sweeps); "
+                          f"use auto or at most {count}, or refine.engine: sweeps")
+    if network.probe is None:
+        raise DataError("refine: key 'probe': the network's reconstruction has no probe; the learned sweeps need its calibrated probe")
+    scan = CanvasScan(data, network.probe)
+    candidates = {RefineStart.NETWORK: network, RefineStart.FLAT: None}
+    if settings.start is not RefineStart.AUTO:
+        candidates = {settings.start: candidates[settings.start]}
+    runs = {}
+    for start, initial in candidates.items():
+        errors: list[float] = []
+        orders = sweep_orders(scan.count, steps, torch.Generator().manual_seed(settings.seed))
+        with torch.no_grad():
+            obj = model(scan.start(initial), scan, orders, lambda k, current, error: errors.append(error))
+        reconstruction = as_reconstruction(scan, obj)
+        runs[start] = (reconstruction, errors)
+    chosen = min(runs, key=lambda start: (runs[start][1][-1], start is not RefineStart.NETWORK))
+    trial_errors = {start.value: errors[-1] for start, (_, errors) in runs.items()} if len(runs) > 1 else {}
+    reconstruction, errors = runs[chosen]
+    return Refinement(dataclasses.replace(reconstruction, method="refined-learned"), errors, chosen, trial_errors,
+                      f"learned sweeps: {steps} of {count}")
