@@ -454,7 +454,7 @@ class RefineConfig(BaselineConfig):
     iterations: int | str = AUTO  # sweeps (>= 1), or auto: learned: all K; sweeps: until a sweep lowers the data error by less than `tolerance`
     engine: RefineEngine = RefineEngine.LEARNED  # learned: the bundle's K learned sweeps (iterations: auto = K, or the first n <= K); sweeps: plain ones
     start: RefineStart = RefineStart.AUTO
-    trial_sweeps: int = 2  # start: auto: sweeps run from each start before the data errors are compared (they count)
+    trial_sweeps: int = 5  # engine sweeps, start auto: sweeps run from each start before the data errors are compared (they count; 2 chose wrongly, README "Time to quality")
     tolerance: float = 0.01  # iterations: auto: stop when a sweep lowers the data error by less than this share (0 < t < 1)
     max_iterations: int = 30  # iterations: auto: at most this many sweeps
 

@@ -231,7 +231,9 @@ def _train_unrolled(train_data, autoencoder, diffraction_to_obj, train_config: T
     torch.manual_seed(train_config.seed)
     info = unrolled.train_unrolled(model, scan, [scan.start(network), scan.start(None)], steps=train_config.unrolled_steps,
                                    learning_rate=train_config.unrolled_learning_rate, seed=train_config.seed)
-    return {"unrolled_loss_first": info["loss_first"], "unrolled_loss_last": info["loss_last"], "unrolled_wall_time_s": round(info["seconds"], 2)}
+    # scalars, one per start, so that `dvc metrics show` lists them
+    losses = {f"unrolled_loss_{when}_{start}": info[f"loss_{when}"][index] for when in ("first", "last") for index, start in enumerate(("network", "flat"))}
+    return {**losses, "unrolled_wall_time_s": round(info["seconds"], 2)}
 
 
 def infer(

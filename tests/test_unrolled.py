@@ -139,3 +139,7 @@ def test_the_learned_sweeps_travel_in_the_bundle(trained_run):
     steps = torch.exp(bundle.diffraction_to_obj.unrolled.log_steps)
     assert not torch.allclose(steps, torch.ones(3))  # trained, not the initial schedule
     assert not any(parameter.requires_grad for parameter in bundle.diffraction_to_obj.unrolled.parameters())
+    metrics = trained_run.summary.metrics  # train_metrics.json: the loss of the K steps before and after their training
+    for start in ("network", "flat"):
+        assert metrics[f"unrolled_loss_last_{start}"] < metrics[f"unrolled_loss_first_{start}"]
+    assert metrics["unrolled_wall_time_s"] > 0

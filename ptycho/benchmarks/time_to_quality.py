@@ -258,7 +258,7 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
     unrolled_training = {}
     if unrolled_sweeps > 0:
         unrolled_points, unrolled_training = unrolled_curves(bundle, train, test, network, network_s, score, unrolled_steps, seed)
-        unrolled_training["schedule"] = {key: trained.metrics[f"unrolled_{key}"] for key in ("loss_first", "loss_last", "wall_time_s")}
+        unrolled_training["schedule"] = {key: value for key, value in trained.metrics.items() if key.startswith("unrolled_")}
         points += unrolled_points
     summary = summarise([p for p in points], baseline.iterations)
     if unrolled_training:

@@ -9,6 +9,10 @@ the choice. Why after sweeps and not by the error of the starts themselves: on a
 explained the patterns better than a flat one during the first sweep (error 0.185 against 0.231),
 yet five sweeps from it ended worse (0.048 against 0.041, phase SSIM 0.57 against 0.69); from the
 second sweep on, the flat run's error was the lower one, on each of three foreign scan families.
+Two trial sweeps were not enough either: with another training seed (the time-to-quality benchmark,
+``inside``, train.seed 2) the network's run had the lower error after 2 sweeps and the higher after 5
+(phase SSIM 0.23 against 0.63), so the default is 5 trial sweeps: for a 5-sweep refinement that is
+the choice of the better final result, at twice the sweeps.
 
 Stop (``refine.iterations``). A number of sweeps (trial sweeps included), or ``auto``: stop after
 the first sweep that lowers the data error by less than ``tolerance`` of its previous value (or
