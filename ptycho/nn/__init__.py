@@ -3,6 +3,9 @@
 A backbone maps the normalised diffraction input (B, C, N, N) to raw amplitude and phase maps,
 each (B, C, S, S) with S = N/2 or N; ``ptycho.model.DiffractionToObject`` adds the heads, the
 predicted window and the overlap constraint, so every backbone shares one physics wrapper.
+
+``ptycho.nn.unrolled`` is not a backbone: the learned sweeps that work on the stitched canvas after the
+network (``model.unrolled_sweeps``), stored in the bundle with it.
 """
 
 from __future__ import annotations

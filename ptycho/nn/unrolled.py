@@ -1,15 +1,20 @@
-"""Network + K unrolled sweeps (issue 17): rPIE sweeps on the stitched canvas, each followed by a
-small learned correction, trained end to end on the training scan with the unsupervised loss.
+"""Learned sweeps (network + K unrolled sweeps): rPIE sweeps on the stitched canvas with a learned
+step and momentum each, optionally followed by a small learned correction, trained end to end on
+the training scan with the unsupervised loss (README "Learned sweeps").
 
 A start object (the network's stitched reconstruction, or a flat one) goes through K steps:
 
 1. one rPIE sweep over all positions (batches of ``batch_size`` in a fixed random order) with the
    calibrated probe, written as differentiable torch (the update of ``ptycho.iterative.pie``:
    O <- O + a_k Σ_j conj(P_j) Δψ_j / ((1 - α) S + α max S), with a learned step a_k, 1 at the start);
-2. a residual CNN on the canvas (``Corrector``): input the object (real, imaginary), the sweep's
-   update (real, imaginary) and the normalised illumination, output a complex correction added to
-   the object where the scan reaches. Its last layer starts at zero, so an untrained model is
-   exactly K plain sweeps: what training learns is measured against that, not assumed.
+2. heavy-ball momentum: the step's move is the sweep's update plus m_k times the previous move
+   (m_k learned, 0 at the start; mPIE's idea, Maiden, Johnson & Li, Optica 4, 736 (2017));
+3. with ``hidden`` > 0, a residual CNN on the canvas (``Corrector``): input the object (real,
+   imaginary), the move (real, imaginary) and the normalised illumination, output a complex
+   correction added to the object where the scan reaches. Its last layer starts at zero.
+
+Untrained, the model is exactly K plain sweeps of the engine: what training learns is measured
+against that, not assumed.
 
 Loss: the Poisson negative log-likelihood of the patterns under the final object (the training
 loss of the network, ``physics.poisson_nll``), on a random square region of the training scan per
