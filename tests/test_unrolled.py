@@ -1,6 +1,7 @@
 """The unrolled family (``ptycho.nn.unrolled``): untrained it is plain rPIE, training lowers the
 data loss, and the learned part generalises to another scan of the same instrument."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -51,6 +52,26 @@ def test_an_untrained_model_is_exactly_plain_rpie(scans):
             run.sweep()
         expected = run.result().object
         assert np.abs(unrolled.object - expected).max() < 1e-5 * np.abs(expected).max()
+
+
+def test_masked_detector_pixels_are_left_out_as_the_engine_does(scans):
+    """A detector mask: the untrained model still equals the engine, and the masked pixels' (corrupted) values change nothing."""
+    _, test, bundle, (_, network) = scans
+    mask = np.ones((test.pattern_size,) * 2, dtype=bool)
+    mask[10:14, 3:9] = False
+    corrupted = test.amplitudes.copy()
+    corrupted[:, ~mask] = 1e4  # hot pixels, masked
+    masked = dataclasses.replace(test, mask=mask, amplitudes=corrupted)
+    clean = dataclasses.replace(test, mask=mask)
+    model = UnrolledSweeps(UnrolledSettings(sweeps=2, hidden=0, batch_size=16, seed=1))
+    results = [reconstruct_unrolled(model, CanvasScan(data, bundle.probe), CanvasScan(data, bundle.probe).start(network)).object
+               for data in (masked, clean)]
+    np.testing.assert_array_equal(results[0], results[1])
+    run = PieRun(masked, BaselineConfig(iterations=2, batch_size=16, seed=1), initial=network)
+    run.sweep()
+    run.sweep()
+    expected = run.result().object
+    assert np.abs(results[0] - expected).max() < 1e-5 * np.abs(expected).max()
 
 
 def test_training_lowers_the_loss_and_the_learned_schedule_carries_to_another_scan(scans):
