@@ -258,7 +258,7 @@ class ModelConfig(Section):
     n_filters_scale: float = 0.5  # multiplies the encoder/decoder widths (1.0 = 32, 64, 128, ...)
     backbone: str = "cnn"  # the network family, one of ptycho.nn.NAMES (params key before format 3 of the bundle: architecture)
     window_share: float = 0.999  # predicted window: smallest centred square with this share of |P|^2 (0.99 cut the default probe: README "Predicted window")
-    unrolled_sweeps: int = 10  # K learned rPIE sweeps trained after the network (ptycho.nn.unrolled, refine.engine: learned); 0 = none
+    unrolled_sweeps: int = 15  # K learned rPIE sweeps trained after the network (ptycho.nn.unrolled, refine.engine: learned); 0 = none
     unrolled_hidden: int = 0  # channels of a residual CNN on the canvas after each learned sweep; 0 = learned steps and momenta only
 
     def check(self) -> None:

@@ -26,7 +26,7 @@ network can be scored on); the scoring time is left out of the wall times:
 - ``adapted`` / ``adapted+rpie`` (``--adapt-epochs`` > 0, default 30): the network fine-tuned on the
   test scan's own patterns first (``infer.adapt_epochs``, ``ptycho.adaptation``), alone and then rPIE
   sweeps from it, the adaptation's time included;
-- the unrolled family (``ptycho.nn.unrolled``, ``--unrolled-sweeps`` K > 0, default 10, the pipeline's
+- the unrolled family (``ptycho.nn.unrolled``, ``--unrolled-sweeps`` K > 0, default 15, the pipeline's
   model.unrolled_sweeps), trained on the family's training scan after the network (from the network's
   object and from flat; training time reported apart), scored after each of its K steps:
   ``network+schedule`` (the bundle's learned sweeps, learned steps and momenta: what `refine` runs
@@ -80,7 +80,7 @@ FOREIGN_FAMILIES = {
 FAMILIES = (*FOREIGN_FAMILIES, "default")
 METHODS = ("network", "rpie", "network+rpie", "refine", "adapted", "adapted+rpie", "network+unrolled", "network+schedule", "flat+schedule")
 UNROLLED_METHODS = {"network+unrolled": (True, 16), "network+schedule": (True, 0), "flat+schedule": (False, 0)}
-"""Unrolled methods: (start from the network, corrector channels; 0 = no CNN)."""
+"""Unrolled methods: (start from the network, 16 = with the canvas CNNs of ``--cnn-channels`` / 0 = the bundle's schedule)."""
 SLACK = 0.01
 """SSIM slack of the issue's checks."""
 
@@ -196,22 +196,27 @@ def adapted_network(folder: Path, test: PtychoDataset, epochs: int) -> tuple[Rec
 
 
 def unrolled_curves(bundle, train: PtychoDataset, test: PtychoDataset, network: Reconstruction, network_s: float, score: Scorer,
-                    steps: int, seed: int) -> tuple[list[Point], dict]:
+                    steps: int, seed: int, cnn_channels: int = 16) -> tuple[list[Point], dict]:
     """Score the unrolled methods (``UNROLLED_METHODS``): the bundle's learned schedule (trained by
     ``workflows.train``, model.unrolled_sweeps) and, trained here the same way, the same K with
-    canvas CNNs; (points, {"hidden_16": training info})."""
+    canvas CNNs of ``cnn_channels`` (0: left out); (points, {"cnn": training info})."""
     from ptycho.config import InferPrecision
     from ptycho.nn import unrolled
 
     schedule = bundle.diffraction_to_obj.unrolled
     scan_train, scan_test = unrolled.CanvasScan(train, bundle.probe), unrolled.CanvasScan(test, bundle.probe)
-    network_train = reconstruct(bundle, train, InferConfig(precision=InferPrecision.FP32), "the benchmark's bundle")
-    torch.manual_seed(seed)
-    with_cnn = unrolled.UnrolledSweeps(unrolled.UnrolledSettings(sweeps=schedule.settings.sweeps, hidden=16))
-    info = unrolled.train_unrolled(with_cnn, scan_train, [scan_train.start(network_train), scan_train.start(None)], steps=steps, seed=seed)
-    trained = {0: schedule, 16: with_cnn}
+    trained, training = {0: schedule}, {}
+    if cnn_channels:
+        network_train = reconstruct(bundle, train, InferConfig(precision=InferPrecision.FP32), "the benchmark's bundle")
+        torch.manual_seed(seed)
+        with_cnn = unrolled.UnrolledSweeps(unrolled.UnrolledSettings(sweeps=schedule.settings.sweeps, hidden=cnn_channels))
+        info = unrolled.train_unrolled(with_cnn, scan_train, [scan_train.start(network_train), scan_train.start(None)], steps=steps, seed=seed)
+        trained[16] = with_cnn
+        training["cnn"] = {key: value if key != "seconds" else round(value, 1) for key, value in info.items()}
     points: list[Point] = []
     for method, (from_network, hidden) in UNROLLED_METHODS.items():
+        if hidden not in trained:
+            continue
         offset_s = network_s if from_network else 0.0
         if from_network:
             points.append(Point(method, 0, network_s, *score(network)))
@@ -225,11 +230,11 @@ def unrolled_curves(bundle, train: PtychoDataset, test: PtychoDataset, network: 
             scoring_s += time.perf_counter() - reached
 
         unrolled.reconstruct_unrolled(trained[hidden], scan_test, scan_test.start(network if from_network else None), on_step=on_step)
-    return points, {"hidden_16": {key: value if key != "seconds" else round(value, 1) for key, value in info.items()}}
+    return points, training
 
 
 def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, builder_path: str | Path, report_line: Callable[[str], None],
-               adapt_epochs: int = 0, unrolled_sweeps: int = 0, unrolled_steps: int = 200, seed: int = 3) -> dict:
+               adapt_epochs: int = 0, unrolled_sweeps: int = 0, unrolled_steps: int = 200, seed: int = 3, cnn_channels: int = 16) -> dict:
     """Train, infer and run every method on one family; returns its points and summary."""
     train, test = family_scans(family, folder, builder_path)
     started = time.perf_counter()
@@ -257,7 +262,7 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
         points += pie_curve("adapted+rpie", test, baseline, max_sweeps, score, initial=adapted, offset_s=adapted_s)
     unrolled_training = {}
     if unrolled_sweeps > 0:
-        unrolled_points, unrolled_training = unrolled_curves(bundle, train, test, network, network_s, score, unrolled_steps, seed)
+        unrolled_points, unrolled_training = unrolled_curves(bundle, train, test, network, network_s, score, unrolled_steps, seed, cnn_channels)
         unrolled_training["schedule"] = {key: value for key, value in trained.metrics.items() if key.startswith("unrolled_")}
         points += unrolled_points
     summary = summarise([p for p in points], baseline.iterations)
@@ -337,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--foreign-builder", default="tests/foreign_data.py", help="the independent scan builder of the tests")
     parser.add_argument("--adapt-epochs", type=int, default=30, help="test-time adaptation epochs (infer.adapt_epochs) of the adapted method; 0 = none")
-    parser.add_argument("--unrolled-sweeps", type=int, default=10, help="K of the unrolled methods (ptycho.nn.unrolled); 0 = none")
+    parser.add_argument("--unrolled-sweeps", type=int, default=15, help="K of the unrolled methods (ptycho.nn.unrolled); 0 = none")
+    parser.add_argument("--cnn-channels", type=int, default=16, help="channels of the network+unrolled method's canvas CNNs; 0 = leave that method out")
     parser.add_argument("--unrolled-steps", type=positive_int, default=200, help="training steps of each unrolled model")
     parser.add_argument("--seed", type=int, default=3, help="train.seed of the network and of the learned sweeps")
     parser.add_argument("--output", default="results/time_to_quality.json")
@@ -360,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["families"][family] = run_family(
                     family, folder, epochs=args.epochs, max_sweeps=args.max_sweeps, builder_path=args.foreign_builder, report_line=print,
                     adapt_epochs=args.adapt_epochs, unrolled_sweeps=args.unrolled_sweeps, unrolled_steps=args.unrolled_steps, seed=args.seed,
+                    cnn_channels=args.cnn_channels,
                 )
     finally:
         torch.set_num_threads(threads)
