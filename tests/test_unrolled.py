@@ -11,7 +11,7 @@ import torch
 from ptycho import physics, workflows
 from ptycho.bundle import load_bundle, save_bundle
 from ptycho.config import BaselineConfig, RefineConfig
-from ptycho.errors import ConfigError
+from ptycho.errors import ConfigError, DataError
 from ptycho.model import Architecture, build_models
 from ptycho.data import load_dataset
 from ptycho.inference import reconstruct
@@ -107,7 +107,7 @@ def test_the_correctors_get_gradients_and_leave_uncovered_pixels_alone(scans):
 def test_a_start_from_another_canvas_is_refused(scans):
     train, test, bundle, (network_train, _) = scans
     scan = CanvasScan(test, bundle.probe)
-    with pytest.raises(ValueError, match="is not this scan's"):
+    with pytest.raises(DataError, match="is not this scan's"):
         scan.start(network_train)
 
 

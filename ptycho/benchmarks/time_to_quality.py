@@ -204,9 +204,10 @@ def unrolled_curves(bundle, train: PtychoDataset, test: PtychoDataset, network: 
     from ptycho.nn import unrolled
 
     schedule = bundle.diffraction_to_obj.unrolled
-    scan_train, scan_test = unrolled.CanvasScan(train, bundle.probe), unrolled.CanvasScan(test, bundle.probe)
+    scan_test = unrolled.CanvasScan(test, bundle.probe)
     trained, training = {0: schedule}, {}
     if cnn_channels:
+        scan_train = unrolled.CanvasScan(train, bundle.probe)
         network_train = reconstruct(bundle, train, InferConfig(precision=InferPrecision.FP32), "the benchmark's bundle")
         torch.manual_seed(seed)
         with_cnn = unrolled.UnrolledSweeps(unrolled.UnrolledSettings(sweeps=schedule.settings.sweeps, hidden=cnn_channels))

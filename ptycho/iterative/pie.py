@@ -199,7 +199,7 @@ class PieRun:
         self.probe = torch.from_numpy(unit_probe) * probe_scale  # (K, N, N)
         self.obj = torch.ones(height, width, dtype=torch.complex64)
         if initial is not None:
-            self.obj, self.probe = _initial_state(initial, self.origin, (height, width), self.probe)
+            self.obj, self.probe = initial_state(initial, self.origin, (height, width), self.probe)
         self.cache = None
         if not settings.update_probe and count * self.probe.shape[0] * size * size * 8 <= _CACHE_LIMIT_BYTES:
             self.cache = translate_modes(self.probe, self.windows.remainder)  # (M, K, N, N)
@@ -252,7 +252,7 @@ class PieRun:
         )
 
 
-def _initial_state(
+def initial_state(
     initial: Reconstruction, origin: tuple[int, int], shape: tuple[int, int], probe: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(object (H, W), probe (K, N, N)) to start from: the reconstruction's, checked against this scan."""

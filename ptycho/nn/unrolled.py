@@ -40,6 +40,8 @@ from ptycho.config import AUTO, RefineConfig, RefineStart
 from ptycho.data import PtychoDataset, pixel_size_of
 from ptycho.errors import ConfigError, DataError
 from ptycho.iterative.forward import Windows, coverage_map, translate_modes
+from ptycho.iterative.pie import initial_state
+from ptycho.iterative.weights import rpie_weight
 from ptycho.iterative.refinement import Refinement
 from ptycho.reconstruction import Reconstruction
 from ptycho.stitching import canvas_frame
@@ -100,12 +102,8 @@ class CanvasScan:
         not cover: its median covered amplitude), or flat (|O| = 1)."""
         if reconstruction is None:
             return torch.ones(self.shape, dtype=torch.complex64)
-        if tuple(reconstruction.origin) != tuple(self.origin) or reconstruction.object.shape != tuple(self.shape):
-            raise ValueError(f"unrolled: the start's canvas (origin {reconstruction.origin}, shape {reconstruction.object.shape}) "
-                             f"is not this scan's (origin {self.origin}, shape {self.shape})")
-        covered = reconstruction.coverage > 0
-        fill = np.float32(np.median(np.abs(reconstruction.object[covered]))) if covered.any() else np.float32(1.0)
-        return torch.from_numpy(np.where(covered, reconstruction.object, fill).astype(np.complex64))
+        obj, _ = initial_state(reconstruction, self.origin, self.shape, self.probe)  # the engine's start, checks included
+        return obj
 
     def model_amplitudes(self, obj: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """sqrt(Σ_k |F(P_kj O_j)|²) (B, N, N), unshifted, of ``positions`` (B,), differentiable in obj."""
@@ -116,8 +114,7 @@ class CanvasScan:
 
     def loss(self, obj: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Poisson NLL of the patterns of ``positions`` under ``obj`` (the network's training loss)."""
-        mask = None if self.valid is None else self.valid
-        return physics.poisson_nll(self.model_amplitudes(obj, positions), self.targets[positions], mask=mask)
+        return physics.poisson_nll(self.model_amplitudes(obj, positions), self.targets[positions], mask=self.valid)
 
 
 class Corrector(nn.Module):
@@ -179,8 +176,7 @@ class UnrolledSweeps(nn.Module):
             delta = physics.backpropagate(far * (target / modulus)) - exit_waves
             numerator = torch.zeros_like(flat).index_add(0, index, (probes.conj() * delta).sum(dim=1).reshape(-1))
             illumination = torch.zeros(flat.shape, dtype=torch.float32).index_add(0, index, scan.intensities[batch].reshape(-1))
-            weight = 1.0 / ((1.0 - alpha) * illumination + alpha * illumination.max())
-            flat = flat + step * weight * numerator
+            flat = flat + rpie_weight(illumination, step, alpha) * numerator
         return flat.view_as(obj), math.sqrt(misfit / energy) if energy > 0 else float("nan")
 
     def forward(self, obj: torch.Tensor, scan: CanvasScan, orders: list[torch.Tensor], on_step=None) -> torch.Tensor:
