@@ -362,9 +362,11 @@ class InferConfig(Section):
     twin_consensus: bool = False  # replace each patch by its twin where that agrees better with its neighbours (ptycho.twin)
     adapt_epochs: int = 0  # > 0: fine-tune the network on the test scan's own patterns first (ptycho.adaptation)
     adapt_learning_rate: float = 1e-4  # peak learning rate of that fine-tuning
+    consistency_iterations: int = 5  # rPIE iterations of each predicted patch against its own pattern (ptycho.iterative.single); 0 = none
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "infer.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.consistency_iterations >= 0, "infer.consistency_iterations", f"must be >= 0 (0 = the network's patches as they are), got {self.consistency_iterations}")
         _require(self.adapt_epochs >= 0, "infer.adapt_epochs", f"must be >= 0 (0 = no adaptation), got {self.adapt_epochs}")
         _require(math.isfinite(self.adapt_learning_rate) and self.adapt_learning_rate > 0, "infer.adapt_learning_rate",
                  f"must be a finite number > 0, got {self.adapt_learning_rate}")

@@ -3,7 +3,7 @@
 Three passes, so that memory does not grow with the number of positions:
 
 1. predict the groups batch by batch (patterns read from their file when the dataset reads
-   them by rows), place the patches on the canvas grid, sum their weights into the canvas
+   them by rows), fit each patch to its own pattern (``infer.consistency_iterations``), place the patches on the canvas grid, sum their weights into the canvas
    and keep their weighted values: in memory when they fit in ``max_patch_bytes``, else in a
    scratch file (``ptycho.rowfile.ScratchRows``, in ``TMPDIR`` unless told otherwise);
 2. find every patch's phase offset by angular synchronisation, reading the values window by
@@ -35,10 +35,17 @@ from ptycho.config import InferConfig, InferPrecision, PhaseSync
 from ptycho.data import PtychoDataset
 from ptycho.errors import BundleError, ConfigError, DataError
 from ptycho.grouping import Groups, grouped_tensors, make_groups
+from ptycho.iterative.single import fit_patterns
 from ptycho.reconstruction import Reconstruction
 from ptycho.rowfile import ScratchRows
 from ptycho.stitching import Stitcher, canvas_frame
-from ptycho import synchronisation, twin
+from ptycho import physics, synchronisation, twin
+
+CONSISTENCY_ALPHA = 0.003
+"""rPIE regularisation of `infer`'s single-pattern iterations: small, so that the step divides by
+|P|**2 nearly everywhere in the window. Default data, seed 1, stitched amplitude / phase SSIM after
+5 iterations: 0.894 / 0.845 at 0.003, 0.893 / 0.836 at 0.01, 0.889 / 0.815 at 0.05 (the engine's
+value), 0.885 / 0.801 at 0.2."""
 
 MAX_PATCH_BYTES = 64 << 20
 """Placed patch values kept in memory (64 MiB: 7,000 patches of 34 x 34); a scan with more keeps
@@ -92,14 +99,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndarray, batch_size: int, bf16: bool = False,
-             device: torch.device = torch.device("cpu"), seeds_only: bool = False):
+             device: torch.device = torch.device("cpu"), seeds_only: bool = False, consistency_iterations: int = 0):
     """Yield (patches (B*C, N, N) complex64, x (B*C,), y (B*C,)) for consecutive batches of the groups ``order``.
 
     ``bf16``: the forward pass under bfloat16 autocast (convolutions in bf16, 8-bit mantissa: on the
     default data the amplitude moves by at most 0.7 %, the phase by 0.03 rad, far below the network's
     own error); the patches come back as complex64 either way. ``seeds_only``: keep each group's
-    seed patch (channel 0) alone, the canonical grouping's one patch per pattern."""
+    seed patch (channel 0) alone, the canonical grouping's one patch per pattern.
+    ``consistency_iterations``: that many rPIE iterations of each patch against its own pattern
+    (``iterative.single.fit_patterns``, in fp32, inside the predicted window, with the bundle's
+    calibrated probe and the data's detector mask)."""
     size = bundle.architecture.N
+    probe = torch.from_numpy(np.asarray(bundle.probe, dtype=np.complex64)).to(device)
+    valid = None if data.mask is None else physics.uncentre(torch.from_numpy(data.mask)).to(device)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         indices = groups.indices[chosen]
@@ -108,8 +120,12 @@ def _batches(bundle: Bundle, data: PtychoDataset, groups: Groups, order: np.ndar
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             patches = bundle.diffraction_to_obj(amplitudes, offsets)
         if seeds_only:
-            patches, indices = patches[:, :1], indices[:, :1]
-        patches = patches.to(torch.complex64).reshape(-1, size, size).cpu()
+            patches, indices, amplitudes = patches[:, :1], indices[:, :1], amplitudes[:, :1]
+        patches = patches.to(torch.complex64)
+        if consistency_iterations:
+            patches = fit_patterns(patches, physics.uncentre(amplitudes.float()), probe, consistency_iterations, rpie_alpha=CONSISTENCY_ALPHA,
+                                   floor=1e-30, support=bundle.diffraction_to_obj.support, valid=valid)
+        patches = patches.reshape(-1, size, size).cpu()
         yield (
             patches,
             torch.from_numpy(data.xcoords[indices].reshape(-1)),
@@ -153,6 +169,10 @@ def reconstruct(
     - Each predicted pixel counts with the probe intensity that lit it (as in ePIE's object
       update): a patch's dimly lit border is poorly determined by its one pattern. Measured on
       the default data: amplitude SSIM 0.30 with uniform weights, 0.69 with |P|**2 weights.
+    - ``config.consistency_iterations``: each predicted patch is first fitted to its own pattern by
+      that many rPIE iterations (``ptycho.iterative.single``; measured data used at inference, no
+      overlap). On the default data, seed 1: amplitude / phase SSIM 0.847 / 0.800 -> 0.894 / 0.845
+      with 5 (0.900 / 0.851 with 30), R-factor 0.120 -> 0.098.
     - A diffraction pattern does not determine the constant phase of its patch, so patches
       come with arbitrary phase offsets; with ``config.phase_sync`` "angular" they are found
       all at once by angular synchronisation (``ptycho.synchronisation``) before stitching.
@@ -197,7 +217,8 @@ def reconstruct(
     network = bundle.diffraction_to_obj.to(device=device, memory_format=torch.channels_last).eval()
     try:
         with torch.inference_mode():
-            batches = _batches(bundle, data, groups, order, config.batch_size, precision is InferPrecision.BF16, device, seeds_only)
+            batches = _batches(bundle, data, groups, order, config.batch_size, precision is InferPrecision.BF16, device, seeds_only,
+                               config.consistency_iterations)
             for patches, xcoords, ycoords in batches:
                 placed = stitcher.place(patches, xcoords, ycoords)
                 corners[values.count : values.count + len(placed.corners)] = placed.corners

@@ -270,6 +270,7 @@ def infer(
     figures.reconstruction_figure(reconstruction, figure_path, "network reconstruction")
     stats = {"wall_time_s": round(seconds, 3), "patterns_per_s": round(test_data.n_patterns / seconds, 1), "n_patterns": test_data.n_patterns,
              "precision": precision.value, "precision_reason": why, "device": config.device,
+             "consistency_iterations": config.consistency_iterations,
              **{key: round(value, 4) for key, value in diagnostics.items()}}  # json_bytes writes NaN as null
     write_atomically(stats_path, json_bytes(stats))
     return reconstruction

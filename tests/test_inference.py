@@ -157,3 +157,17 @@ def test_canonical_groups_keep_one_patch_per_pattern_and_twin_consensus_reports_
         inference.Stitcher.place = restore
     assert sum(placed) == 2 * 200  # each pattern's seed patch, and its twin
     assert 0.0 <= diagnostics["twin.switched"] <= 1.0 and 0.0 < diagnostics["twin.consensus"] <= 1.0
+
+
+def test_single_pattern_consistency_lowers_the_data_error_and_is_recorded(evaluated_run, tmp_path):
+    from ptycho.bundle import load_bundle
+    from ptycho.scoring import data_consistency
+
+    run, _ = evaluated_run
+    test = load_dataset(run.test_path)
+    bundle = load_bundle(run.bundle_path)
+    errors = {k: data_consistency(inference.reconstruct(bundle, test, InferConfig(batch_size=16, consistency_iterations=k), run.bundle_path), test)["r_factor"]
+              for k in (0, 30)}
+    assert errors[30] < 0.95 * errors[0], errors
+    workflows.infer(test, run.bundle_path, InferConfig(consistency_iterations=7), tmp_path / "r.npz", tmp_path / "r.png", tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())["consistency_iterations"] == 7

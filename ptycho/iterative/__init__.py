@@ -6,6 +6,8 @@
 - ``pie``: ePIE / rPIE as named steps (forward, modulus projection, object update, probe
   update) in one loop: the `baseline` and `refine` stages and the benchmarks call ``pie.run_pie``.
 - ``probe_refinement``: prepare's probe refinement on the training scan.
+- ``single``: rPIE on each patch against its own pattern, no canvas (`infer`'s data consistency,
+  the projection of ``nn.unet``).
 
 A new algorithm (LSQ-ML, position correction) is one new module beside ``pie``: it reuses
 ``forward`` and the physics operators (``physics.propagate``, ``physics.modulus_projection``,

@@ -2,7 +2,7 @@
 
 A weight maps the illumination S (per pixel, Σ|P|² for the object update or Σ|O|² for the
 probe update) to the factor that multiplies the update's numerator Σ conj(P) Δψ. Pure torch
-(no ptycho import): ``nn.unet``'s projection uses ``rpie_weight`` too; ``pie.STEP_WEIGHTS``
+(no ptycho import): ``single`` (single-pattern fits) and ``nn.unrolled`` use ``rpie_weight`` too; ``pie.STEP_WEIGHTS``
 maps ``config.Algorithm`` to these.
 """
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ptycho import physics
-from ptycho.iterative.weights import rpie_weight
+from ptycho.iterative.single import fit_patterns
 from ptycho.nn.cnn import padding_to_multiple
 
 PROJECTION_ITERATIONS = 4
@@ -75,7 +75,7 @@ class UNet(nn.Module):
 
 
 class Projection(nn.Module):
-    """K single-pattern rPIE iterations from O = 1 with the calibrated probe: (B, C, N, N) object.
+    """K single-pattern rPIE iterations (``iterative.single``) from O = 1 with the calibrated probe: (B, C, N, N) object.
 
     Input: the network's normalised input x = sqrt(A / s_in), so A = x**2 s_in. The probe is
     s_p P with the probe scale at its training-data estimate (a fixed buffer, not trained here).
@@ -89,16 +89,9 @@ class Projection(nn.Module):
 
     def forward(self, normalised: torch.Tensor) -> torch.Tensor:
         amplitudes = physics.uncentre(normalised * normalised * self.input_scale)
-        probe = self.probe
-        step = probe.conj() * rpie_weight(probe.real**2 + probe.imag**2, 1.0, RPIE_ALPHA)
-        obj = torch.ones_like(amplitudes, dtype=torch.complex64)
-        for _ in range(self.iterations):
-            exit_wave = probe * obj
-            far = physics.propagate(exit_wave)
-            # floor 1e-6, not the engine's 1e-30: this projection is differentiated in training
-            corrected = physics.backpropagate(physics.modulus_projection(far, amplitudes, far.abs(), floor=1e-6))
-            obj = obj + step * (corrected - exit_wave)
-        return obj
+        flat = torch.ones_like(amplitudes, dtype=torch.complex64)
+        # floor 1e-6, not the engine's 1e-30: this projection is differentiated in training
+        return fit_patterns(flat, amplitudes, self.probe, self.iterations, rpie_alpha=RPIE_ALPHA, floor=1e-6)
 
 
 class ProjectionUNet(nn.Module):
