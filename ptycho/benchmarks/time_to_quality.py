@@ -16,6 +16,8 @@ Methods, each scored after every sweep (SSIM amplitude / phase against the truth
 alignment of ``evaluate`` on one common region, and the data R-factor on the positions the
 network can be scored on); the scoring time is left out of the wall times:
 
+- ``network``: what `infer` returns (its default ``consistency_iterations``: each patch fitted to its
+  own pattern); ``network-raw``: the network's patches as they are (``consistency_iterations`` 0), one run;
 - ``rpie``: rPIE from a flat object (the `baseline:` settings), sweeps 1..max;
 - ``network+rpie``: the network (``ptycho.inference.reconstruct`` as `infer` runs it, without
   the diagnostics `infer` adds to its stats; median of 3, at sweep 0), then rPIE sweeps from
@@ -78,7 +80,7 @@ FOREIGN_FAMILIES = {
 }
 """Options of ``foreign_data.build_scan`` per family (32 px patterns, 5 px raster step)."""
 FAMILIES = (*FOREIGN_FAMILIES, "default")
-METHODS = ("network", "rpie", "network+rpie", "refine", "adapted", "adapted+rpie", "network+unrolled", "network+schedule", "flat+schedule")
+METHODS = ("network", "network-raw", "rpie", "network+rpie", "refine", "adapted", "adapted+rpie", "network+unrolled", "network+schedule", "flat+schedule")
 UNROLLED_METHODS = {"network+unrolled": (True, 16), "network+schedule": (True, 0), "flat+schedule": (False, 0)}
 """Unrolled methods: (start from the network, 16 = with the canvas CNNs of ``--cnn-channels`` / 0 = the bundle's schedule)."""
 SLACK = 0.01
@@ -249,9 +251,12 @@ def run_family(family: str, folder: Path, *, epochs: int, max_sweeps: int, build
         network = reconstruct(bundle, test, InferConfig(), folder / "wts.h5.zip")
         infer_seconds.append(time.perf_counter() - started)
     network_s = statistics.median(infer_seconds)
+    started = time.perf_counter()
+    raw = reconstruct(bundle, test, InferConfig(consistency_iterations=0), folder / "wts.h5.zip")
+    raw_s = time.perf_counter() - started
     baseline = BaselineConfig()
     score = Scorer(test, network, baseline, EvaluateConfig())
-    points = [Point("network", 0, network_s, *score(network))]
+    points = [Point("network", 0, network_s, *score(network)), Point("network-raw", 0, raw_s, *score(raw))]
     points += pie_curve("rpie", test, baseline, max_sweeps, score)
     points += [dataclasses.replace(points[0], method="network+rpie")]
     points += pie_curve("network+rpie", test, baseline, max_sweeps, score, initial=network, offset_s=network_s)
@@ -281,6 +286,8 @@ def summarise(points: list[Point], rpie_sweeps: int) -> dict:
     curves = {method: curve for method, curve in curves.items() if curve}
     rpie_full, rpie_5 = at_sweep(curves["rpie"], rpie_sweeps), at_sweep(curves["rpie"], 5)
     summary: dict = {"rpie_30": dataclasses.asdict(rpie_full), "rpie_5": dataclasses.asdict(rpie_5), "network": dataclasses.asdict(curves["network"][0])}
+    if "network-raw" in curves:
+        summary["network-raw"] = dataclasses.asdict(curves["network-raw"][0])
     for method in [method for method in ("network+rpie", "refine", "adapted+rpie", *UNROLLED_METHODS) if method in curves]:
         five = at_sweep(curves[method], 5)
         if five is None:
@@ -309,7 +316,7 @@ def figure(report: dict, path: str | Path) -> None:
     fig = Figure(figsize=(3.6 * len(families), 8.4), constrained_layout=True)
     axes = fig.subplots(3, len(families), squeeze=False)
     styles = {"rpie": ("k", "rPIE from flat"), "network+rpie": ("tab:blue", "network + rPIE"), "refine": ("tab:orange", "refine (start by data error)"),
-              "network": ("tab:red", "network"), "adapted+rpie": ("tab:green", "adapted network + rPIE"),
+              "network": ("tab:red", "network"), "network-raw": ("tab:pink", "network, no single-pattern fit"), "adapted+rpie": ("tab:green", "adapted network + rPIE"),
               "adapted": ("tab:green", "adapted network"), "network+unrolled": ("tab:purple", "network + unrolled (CNN)"),
               "network+schedule": ("tab:brown", "network + learned schedule"), "flat+schedule": ("tab:gray", "flat + learned schedule")}
     for column, family in enumerate(families):
@@ -318,7 +325,7 @@ def figure(report: dict, path: str | Path) -> None:
             axis = axes[row, column]
             for method, (colour, name) in styles.items():
                 curve = [p for p in points if p["method"] == method]
-                axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], "o" if method in ("network", "adapted") else "-",
+                axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], "o" if method in ("network", "network-raw", "adapted") else "-",
                           color=colour, label=name, markersize=4, linewidth=1.2)
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
