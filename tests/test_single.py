@@ -80,3 +80,22 @@ def test_masked_detector_pixels_do_not_matter(probe):
 def test_a_negative_iteration_count_is_a_named_config_error():
     with pytest.raises(ConfigError, match="infer.consistency_iterations"):
         InferConfig(consistency_iterations=-1)
+
+
+def test_the_single_pattern_diagnostic_runs_on_a_trained_bundle(evaluated_run, tmp_path):
+    from ptycho.benchmarks import single_pattern
+
+    run, _ = evaluated_run
+    output = tmp_path / "single.json"
+    assert single_pattern.main(["--bundle", str(run.bundle_path), "--data", str(run.test_path), "--iterations", "0,20", "--output", str(output)]) == 0
+    import json
+
+    report = json.loads(output.read_text())
+    rows = report["starts"]
+    assert set(rows) == {"network", "flat", "truth"} and [row["iterations"] for row in rows["network"]] == [0, 20]
+    # the fit lowers every start's misfit; the truth explains its patterns better than the network's patch does,
+    # and stays the closest to itself
+    for name in rows:
+        assert rows[name][1]["r_factor"] < rows[name][0]["r_factor"]
+    assert rows["truth"][0]["r_factor"] < rows["network"][0]["r_factor"]
+    assert rows["truth"][1]["correlation_with_truth"] > max(rows["network"][1]["correlation_with_truth"], rows["flat"][1]["correlation_with_truth"])

@@ -9,6 +9,8 @@
 - ``synchronisation``: the angular phase synchronisation against the number of patches.
 - ``time_to_quality``: SSIM and data R-factor against wall time, network-based methods against
   rPIE from flat, on scans of another simulator and on the default data.
+- ``single_pattern``: what one pattern can tell: per-pattern fits from the network's, a flat and the
+  true patch, their data R-factors and correlations with the truth.
 
 ``sweeps`` holds the per-sweep scoring that ``timing`` and ``scenarios`` share. This module
 imports nothing heavy: the command line lists the names without loading a benchmark.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-NAMES = ("timing", "scenarios", "scale", "synchronisation", "time_to_quality")
+NAMES = ("timing", "scenarios", "scale", "synchronisation", "time_to_quality", "single_pattern")
 
 
 def positive_int(text: str) -> int:
