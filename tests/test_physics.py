@@ -63,6 +63,25 @@ def test_extract_patches_matches_translate_for_subpixel_positions():
     torch.testing.assert_close(patch, moved[16:32, 16:32], rtol=1e-5, atol=1e-5)
 
 
+def test_extract_patches_is_bilinear_and_zero_outside_the_object():
+    obj = torch.zeros(10, 12, dtype=torch.complex64)
+    obj[4, 5], obj[4, 6], obj[5, 5], obj[5, 6] = 1.0, 2.0, 3.0, 4.0j
+    # centre at (x, y) = (5.25, 4.5): the centre pixel mixes the four with weights 0.375 / 0.125 / 0.375 / 0.125
+    patch = physics.extract_patches(obj, torch.tensor([5.25]), torch.tensor([4.5]), 4)[0]
+    assert complex(patch[2, 2]) == pytest.approx(0.375 * 1 + 0.125 * 2 + 0.375 * 3 + 0.125 * 4j)
+    # a window hanging over the corner reads zeros beyond the edge, not the nearest object pixel
+    corner = physics.extract_patches(torch.ones(10, 12, dtype=torch.complex64), torch.tensor([0.0]), torch.tensor([0.0]), 4)[0]
+    assert torch.all(corner[:2] == 0) and torch.all(corner[:, :2] == 0) and torch.all(corner[2:, 2:] == 1)
+
+
+def test_extract_patches_memory_grows_with_the_patches_not_the_object():
+    # 5,000 windows of a 2048 px object: sampling the whole object per window would need ~335 GB
+    obj = torch.ones(2048, 2048, dtype=torch.complex64)
+    xs = torch.linspace(20.5, 2020.5, 5000, dtype=torch.float64)
+    patches = physics.extract_patches(obj, xs, xs.flip(0), 32)
+    assert patches.shape == (5000, 32, 32) and torch.allclose(patches, torch.ones_like(patches))
+
+
 def test_merge_then_extract_returns_the_patches_of_one_consistent_object():
     # Patches cut from one object at known offsets agree where they overlap, so merging them and
     # cutting them out again must give them back wherever the canvas is covered.
