@@ -13,7 +13,8 @@ window from the probe). Then ``ptycho infer`` (the stage's own command line, pat
 rows) runs in a child process ``--repeats`` times. Reported per size, as medians over the repeats:
 
 - **patterns/s**: positions / the reconstruction's own time (``infer_stats.json``: the network's
-  forward passes, the phase synchronisation and the stitching, everything but start-up and files);
+  forward passes, the single-pattern fit (``--consistency-iterations``, default the params default),
+  the phase synchronisation and the stitching, everything but start-up and files);
 - the child's peak resident memory (its own VmHWM, ``peak_resident_bytes``) and the
   stage's wall time (start to exit: imports, bundle check, reconstruction, NPZ, product, PNG);
 - rPIE's cost per sweep over the same scan (``baseline:`` defaults, one sweep in a child; rPIE needs
@@ -50,12 +51,13 @@ SIMULATED_SIZE = 64  # prepare.N of the default simulation, before the crop
 
 @dataclass(frozen=True)
 class Setup:
-    """One configuration under test: pattern size, network precision, device."""
+    """One configuration under test: pattern size, network precision, device, single-pattern fit iterations."""
 
     name: str
     pattern_size: int
     precision: str
     device: str
+    consistency_iterations: int = 0
 
 
 def default_pattern_size() -> int:
@@ -210,7 +212,7 @@ def child_rpie_sweep(argv: list[str]) -> int:
 def measure(setup: Setup, scan: Path, bundle: Path, folder: Path, repeats: int, in_memory: bool) -> dict:
     """Medians over ``repeats`` runs of the infer child (and of the in-memory child if asked)."""
     params = folder / f"params-{setup.name}.yaml"
-    params.write_text(f"infer: {{precision: {setup.precision}, device: '{setup.device}'}}\n")
+    params.write_text(f"infer: {{precision: {setup.precision}, device: '{setup.device}', consistency_iterations: {setup.consistency_iterations}}}\n")
     entry: dict = {}
     for mode in ("by_rows", "in_memory") if in_memory else ("by_rows",):
         runs = []
@@ -250,6 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pattern-size", type=int, default=0, help="N of the scans (default: what prepare gives the default simulation)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="infer.precision of the runs")
     parser.add_argument("--device", default="cpu", help="infer.device of the runs: cpu, cuda, cuda:<index>")
+    parser.add_argument("--consistency-iterations", type=int, default=None,
+                        help="infer.consistency_iterations of the runs (default: the params default; --before always uses 0, as before)")
     parser.add_argument("--before", action="store_true", help="also run the defaults before issue 18 (N = 64, fp32, cpu) and print the ratio")
     parser.add_argument("--rpie", action=argparse.BooleanOptionalAction, default=True, help="time one rPIE sweep per size")
     parser.add_argument("--in-memory", action="store_true", help="also run the in-memory comparison child")
@@ -259,15 +263,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ptycho.config import InferConfig
+    from ptycho.errors import ConfigError
     from ptycho.inference import resolve_device, resolve_precision
     from ptycho.config import InferPrecision
 
     device = resolve_device(InferConfig(device=args.device).device)  # a clear error now if the device is absent
     precision, why = resolve_precision(InferPrecision(args.precision), device)
     size = args.pattern_size or default_pattern_size()
-    setups = [Setup("now", size, args.precision, args.device)]
+    iterations = InferConfig().consistency_iterations if args.consistency_iterations is None else args.consistency_iterations
+    if iterations < 0:
+        raise ConfigError(f"benchmark scale --consistency-iterations: must be >= 0, got {iterations}")
+    setups = [Setup("now", size, args.precision, args.device, iterations)]
     if args.before:
-        setups.append(Setup("before", SIMULATED_SIZE, "fp32", "cpu"))
+        setups.append(Setup("before", SIMULATED_SIZE, "fp32", "cpu", 0))
     print(f"ptycho benchmark scale: {os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, "
           f"device {args.device}, precision {args.precision} -> {precision.value} ({why}); "
           f"patterns/s = positions / (network + phase synchronisation + stitching); load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -285,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
                 result["scan_file_bytes"] = scan.stat().st_size
                 shown = result["by_rows"]
                 result["patterns_per_s"] = count / shown["reconstruct_s"]
-                line = (f"{count:>7} positions, {setup.name:>6} (N = {setup.pattern_size}, {shown['precision']}): "
+                line = (f"{count:>7} positions, {setup.name:>6} (N = {setup.pattern_size}, {shown['precision']}, "
+                        f"{setup.consistency_iterations} single-pattern iterations): "
                         f"{result['patterns_per_s']:7.0f} patterns/s, reconstruction {shown['reconstruct_s']:6.2f} s, "
                         f"stage {shown['wall_s']:6.1f} s, peak RSS {shown['peak_rss_bytes'] / 2**20:5.0f} MiB")
                 if args.in_memory:
