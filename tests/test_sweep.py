@@ -3,6 +3,8 @@
 
 import json
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -25,6 +27,18 @@ def wait_until(folder, done, timeout_s: float) -> str:
     return status
 
 
+def start_workers(folder, jobs: int) -> subprocess.CompletedProcess:
+    """`dvc queue start -j jobs`, its output read from a file: the workers it leaves running inherit its
+    stdout and stderr, so with pipes (``dvc``'s capture_output) waiting for their end could wait for the
+    workers, and did (600 s, twice on the CI machine)."""
+    with tempfile.TemporaryFile(mode="w+") as output:
+        started = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=folder, stdout=output,
+                                 stderr=subprocess.STDOUT, text=True, env=environment(), timeout=120)
+        output.seek(0)
+        started.stdout = output.read()
+    return started
+
+
 def experiments(shown: list[dict]) -> dict[str, dict]:
     """{name: data} of the experiments in `dvc exp show --json` output."""
     found = {}
@@ -45,8 +59,8 @@ def test_a_two_point_sweep_runs_from_the_queue_in_parallel(tmp_path):
         assert queued.returncode == 0 and f"Queued experiment 'lr-{rate}'" in queued.stdout, queued.stdout + queued.stderr
     assert queue_status(tmp_path).count("Queued") == 2
     try:
-        started = dvc(tmp_path, "queue", "start", "-j", "2")
-        assert started.returncode == 0 and "Started '2' new experiments task queue workers" in started.stdout, started.stdout + started.stderr
+        started = start_workers(tmp_path, 2)
+        assert started.returncode == 0 and "Started '2' new experiments task queue workers" in started.stdout, started.stdout
         both_running = wait_until(tmp_path, lambda s: s.count("Running") == 2 or "Success" in s or "Failed" in s, 120)
         status = wait_until(tmp_path, lambda s: "Running" not in s and "Queued" not in s, 540)
         logs = "".join(dvc(tmp_path, "queue", "logs", f"lr-{rate}").stdout[-3000:] for rate in RATES)
